@@ -1,0 +1,245 @@
+"""Read a pool in DataComp's layout, shard by shard, with column projection.
+
+    pool/
+      metadata/{name}.parquet   uid, url, text, original_width, original_height, clip_*_similarity_score, sha256, ...
+      metadata/{name}.npz       optional, same row order: b32_img, b32_txt, l14_img, l14_txt (float16)
+      embeddings/{model}/{name}.npz   ours: uid + {model}_img, {model}_txt, {model}_similarity_score
+      shards/{i:08d}.tar        webdataset: {key}.jpg|png|webp, {key}.txt, {key}.json (holds uid)
+      shards/{i:08d}.parquet    img2dataset's per-shard table (uid, key, status, ...)
+
+Our embeddings store their uid array, so they are joined on uid, never on row order.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from .errors import MissingColumnError, PoolError
+from .uids import hex_to_uids
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+
+
+@dataclass
+class ShardBatch:
+    """One metadata shard, as a filter's map step sees it."""
+
+    shard: str
+    table: pd.DataFrame  # the requested columns, plus "uid" (hex)
+    uids: np.ndarray  # structured u8,u8, aligned with table rows
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (rows, dim)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+@dataclass
+class Pool:
+    root: Path
+    metadata_files: list[Path]
+    columns: list[str]
+
+    @classmethod
+    def open(cls, root: str | Path) -> Pool:
+        root = Path(root)
+        if not root.is_dir():
+            raise PoolError(
+                f"pool folder {root} does not exist; create one with `siftbench world` or point pool= at a "
+                "DataComp pool (a folder with metadata/*.parquet)"
+            )
+        files = sorted((root / "metadata").glob("*.parquet"))
+        if not files:
+            raise PoolError(
+                f"pool {root}: no metadata/*.parquet files; a DataComp pool has metadata/<name>.parquet with "
+                "uid, text, ... columns (download it with DataComp's download_upstream.py --skip_shards)"
+            )
+        columns = pq.read_schema(files[0]).names
+        if "uid" not in columns:
+            raise PoolError(f"{files[0]}: no 'uid' column; columns are {columns}")
+        return cls(root=root, metadata_files=files, columns=columns)
+
+    @property
+    def shard_names(self) -> list[str]:
+        return [f.stem for f in self.metadata_files]
+
+    @property
+    def tar_files(self) -> list[Path]:
+        return sorted((self.root / "shards").glob("*.tar"))
+
+    def embedding_keys(self) -> list[str]:
+        """Embedding keys available for every shard: the pool's own npz keys plus our embeddings/ models."""
+        keys: list[str] = []
+        own = self.root / "metadata" / f"{self.shard_names[0]}.npz"
+        if own.exists():
+            with np.load(own, allow_pickle=False) as z:
+                keys += [k for k in z.files if k != "uid"]
+        for model_dir in sorted((self.root / "embeddings").glob("*")):
+            keys += [f"{model_dir.name}_img", f"{model_dir.name}_txt"]
+        return keys
+
+    def score_columns(self) -> list[str]:
+        """Similarity-score columns our embed stage added beside the metadata."""
+        return [f"clip_{d.name}_similarity_score" for d in sorted((self.root / "embeddings").glob("*"))]
+
+    def available(self) -> list[str]:
+        return self.columns + [c for c in self.score_columns() if c not in self.columns]
+
+    def check_requirements(self, who: str, columns: Sequence[str], embeddings: Sequence[str]) -> None:
+        missing = [c for c in columns if c not in self.available()]
+        if missing:
+            raise MissingColumnError(
+                f"{who} needs column(s) {missing} but pool {self.root} has {self.available()}; "
+                "compute scores with `siftbench embed` or choose another column"
+            )
+        have = self.embedding_keys()
+        missing = [e for e in embeddings if e not in have]
+        if missing:
+            raise MissingColumnError(
+                f"{who} needs embedding(s) {missing} but pool {self.root} has {have or 'none'}; "
+                "compute them with `siftbench embed POOL --model ...`"
+            )
+
+    def read_shard(
+        self, shard: str, columns: Sequence[str] = (), embeddings: Sequence[str] = ()
+    ) -> ShardBatch:
+        """Read one metadata shard: only the requested columns, plus uid, plus requested embeddings."""
+        path = self.root / "metadata" / f"{shard}.parquet"
+        own_columns = [c for c in columns if c in self.columns and c != "uid"]
+        try:
+            table = pq.read_table(path, columns=["uid", *own_columns])
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise PoolError(f"{path}: unreadable parquet ({e}); re-download or regenerate this shard") from e
+        try:
+            uids = hex_to_uids(table.column("uid"))
+        except ValueError as e:
+            raise PoolError(f"{path}: {e}") from None
+        frame = table.to_pandas()
+        extra_scores = [c for c in columns if c not in self.columns]
+        need_models = {e.rsplit("_", 1)[0] for e in embeddings} | {
+            c.removeprefix("clip_").removesuffix("_similarity_score") for c in extra_scores
+        }
+        emb: dict[str, np.ndarray] = {}
+        own_npz = self.root / "metadata" / f"{shard}.npz"
+        for model in sorted(need_models):
+            ours = self.root / "embeddings" / model / f"{shard}.npz"
+            if ours.exists():
+                arrays = _load_aligned(ours, uids, model)
+                for suffix in ("img", "txt"):
+                    if f"{model}_{suffix}" in embeddings:
+                        emb[f"{model}_{suffix}"] = arrays[f"{model}_{suffix}"]
+                score_col = f"clip_{model}_similarity_score"
+                if score_col in extra_scores:
+                    frame[score_col] = arrays[score_col]
+            elif own_npz.exists():
+                with np.load(own_npz, allow_pickle=False) as z:
+                    for key in embeddings:
+                        if key.startswith(f"{model}_") and key in z.files:
+                            emb[key] = _check_rows(z[key], len(frame), own_npz, key)
+        for key in embeddings:
+            if key not in emb:
+                raise MissingColumnError(f"shard {shard}: embedding {key!r} not found in {own_npz} or embeddings/")
+        return ShardBatch(shard=shard, table=frame, uids=uids, embeddings=emb)
+
+    def iter_shards(self, columns: Sequence[str] = (), embeddings: Sequence[str] = ()) -> Iterator[ShardBatch]:
+        for shard in self.shard_names:
+            yield self.read_shard(shard, columns, embeddings)
+
+    def all_uids(self) -> np.ndarray:
+        return np.concatenate([self.read_shard(s).uids for s in self.shard_names])
+
+    def __len__(self) -> int:
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.metadata_files)
+
+
+def _check_rows(array: np.ndarray, rows: int, path: Path, key: str) -> np.ndarray:
+    if len(array) != rows:
+        raise PoolError(
+            f"{path}: {key} has {len(array)} rows but its parquet has {rows}; the pair is out of sync, "
+            "recompute the embeddings for this shard"
+        )
+    return array
+
+
+def _load_aligned(path: Path, uids: np.ndarray, model: str) -> dict[str, np.ndarray]:
+    """Load our npz (which carries uids) and reorder its rows to match the metadata's uids."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    if "uid" not in arrays:
+        raise PoolError(f"{path}: no 'uid' array; siftbench embeddings always store the uids they belong to")
+    stored = arrays.pop("uid")
+    key_of = {"image": f"{model}_img", "text": f"{model}_txt", "similarity": f"clip_{model}_similarity_score"}
+    order = _align(stored, uids, path)
+    return {key_of.get(k, k): v[order] for k, v in arrays.items()}
+
+
+def _align(stored: np.ndarray, wanted: np.ndarray, path: Path) -> np.ndarray:
+    sv = np.ascontiguousarray(stored).view(np.dtype((np.void, 16))).ravel()
+    wv = np.ascontiguousarray(wanted).view(np.dtype((np.void, 16))).ravel()
+    sort = np.argsort(sv)
+    pos = np.searchsorted(sv[sort], wv)
+    pos = np.minimum(pos, len(sv) - 1)
+    found = sort[pos]
+    ok = sv[found] == wv
+    if not ok.all():
+        raise PoolError(
+            f"{path}: {int((~ok).sum())} of {len(wanted)} metadata uids have no embedding; "
+            "rerun `siftbench embed` to complete this shard"
+        )
+    return found
+
+
+def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield (key, {extension: bytes}) per sample of a webdataset tar, with the standard library.
+
+    Raises PoolError naming the tar when it is truncated or corrupt; samples read before the damage are
+    still yielded, so a caller can count what it lost.
+    """
+    path = Path(path)
+    current_key: str | None = None
+    current: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = member.name.rsplit("/", 1)[-1]
+                key, _, ext = name.partition(".")
+                if key != current_key and current:
+                    yield current_key, current  # type: ignore[misc]
+                    current = {}
+                current_key = key
+                handle = tar.extractfile(member)
+                current[ext.lower()] = handle.read() if handle else b""
+    except (tarfile.TarError, EOFError, OSError) as e:
+        if current:
+            yield current_key, current  # type: ignore[misc]
+        raise PoolError(f"{path}: damaged tar ({e}); samples after this point were skipped") from e
+    if current:
+        yield current_key, current  # type: ignore[misc]
+
+
+def sample_uid(sample: dict[str, bytes]) -> str | None:
+    """The uid stored in a webdataset sample's .json (DataComp's download saves it there)."""
+    raw = sample.get("json")
+    if raw is None:
+        return sample.get("uid", b"").decode() or None
+    try:
+        uid = json.loads(raw).get("uid")
+    except (ValueError, AttributeError):
+        return None
+    return str(uid) if uid is not None else None
+
+
+def sample_image(sample: dict[str, bytes]) -> tuple[str, bytes] | None:
+    for ext in IMAGE_EXTENSIONS:
+        if ext in sample:
+            return ext, sample[ext]
+    return None
