@@ -1,0 +1,185 @@
+"""Filtering as two stages: score (a map over metadata shards) and select (one global reduce).
+
+A filter config is either one filter (``{name: clip_score, fraction: 0.3}``; every key but ``name`` is a
+parameter, so ``filter.fraction=0.5`` overrides work) or a composition::
+
+    name: clip_then_concepts
+    combine: sequence          # sequence | intersection | union
+    steps:
+      - {name: clip_score, fraction: 0.5}
+      - {name: concept_match, vocabulary: [...]}
+
+In a sequence each step selects among the survivors of the previous one; intersection and union let
+every step see the whole pool. Score files are uid-keyed parquet, one per (step, shard), written
+atomically, so a rerun skips the shards already scored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .core.atomic import atomic_path, write_json
+from .core.errors import ConfigError, PoolError
+from .core.filtering import Decision, Filter, SelectContext, build_filter
+from .core.pool import Pool
+from .core.uids import UID_DTYPE, write_subset
+from .executors import Executor, LocalExecutor
+
+COMBINE_MODES = ("sequence", "intersection", "union")
+
+
+@dataclass
+class Step:
+    index: int
+    filter: Filter
+
+    @property
+    def id(self) -> str:
+        return f"{self.index}_{self.filter.name}"
+
+
+@dataclass
+class FilterPlan:
+    label: str
+    combine: str
+    steps: list[Step]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [s.filter.describe() for s in self.steps]
+
+
+def plan_from_config(cfg: Mapping[str, Any]) -> FilterPlan:
+    """Turn a filter config (one filter, or ``steps`` + ``combine``) into filter instances."""
+    cfg = dict(cfg)
+    if "steps" not in cfg:
+        name = cfg.pop("name", None)
+        if not name:
+            raise ConfigError("filter config needs a 'name' (e.g. filter=clip_score) or a list of 'steps'")
+        return FilterPlan(label=name, combine="sequence", steps=[Step(0, build_filter(name, cfg))])
+    combine = cfg.get("combine", "sequence")
+    if combine not in COMBINE_MODES:
+        raise ConfigError(f"filter combine={combine!r}; choose one of {COMBINE_MODES}")
+    steps = []
+    for i, step_cfg in enumerate(cfg["steps"]):
+        step_cfg = dict(step_cfg)
+        name = step_cfg.pop("name", None)
+        if not name:
+            raise ConfigError(f"filter step {i} has no 'name'")
+        steps.append(Step(i, build_filter(name, step_cfg)))
+    if not steps:
+        raise ConfigError("filter config has an empty 'steps' list")
+    return FilterPlan(label=cfg.get("name", "+".join(s.filter.name for s in steps)), combine=combine, steps=steps)
+
+
+def score_pool(pool: Pool, plan: FilterPlan, scores_dir: Path, executor: Executor | None = None) -> None:
+    """Map every step's ``score`` over the pool's shards; skip (step, shard) outputs that already exist."""
+    columns: list[str] = []
+    embeddings: list[str] = []
+    for step in plan.steps:
+        pool.check_requirements(f"filter {step.filter.name!r}", step.filter.columns(), step.filter.embeddings())
+        columns += [c for c in step.filter.columns() if c not in columns]
+        embeddings += [e for e in step.filter.embeddings() if e not in embeddings]
+    executor = executor or LocalExecutor()
+    work = partial(_score_shard, pool, plan.steps, Path(scores_dir), tuple(columns), tuple(embeddings))
+    executor.map(work, pool.shard_names, desc="score")
+
+
+def _score_shard(
+    pool: Pool, steps: list[Step], scores_dir: Path, columns: tuple[str, ...], embeddings: tuple[str, ...], shard: str
+) -> None:
+    todo = [s for s in steps if not (scores_dir / s.id / f"{shard}.parquet").exists()]
+    if not todo:
+        return
+    batch = pool.read_shard(shard, columns, embeddings)
+    for step in todo:
+        values = step.filter.score(batch)
+        if len(values) != len(batch):
+            raise RuntimeError(f"filter {step.filter.name!r} returned {len(values)} rows for {len(batch)} in {shard}")
+        columns = {"uid_hi": batch.uids["f0"], "uid_lo": batch.uids["f1"]}
+        columns.update({name: values[name].to_numpy() for name in values.columns})
+        table = pa.table(columns)
+        with atomic_path(scores_dir / step.id / f"{shard}.parquet") as tmp:
+            pq.write_table(table, tmp)
+
+
+def _load_values(pool: Pool, step: Step, scores_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
+    """One step's values over the whole pool, sorted by uid so selection never depends on shard order."""
+    files = [scores_dir / step.id / f"{s}.parquet" for s in pool.shard_names]
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        raise PoolError(f"{len(missing)} score files missing, e.g. {missing[0]}; run the score stage first")
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    uids = np.empty(table.num_rows, dtype=UID_DTYPE)
+    uids["f0"] = table.column("uid_hi").to_numpy()
+    uids["f1"] = table.column("uid_lo").to_numpy()
+    order = np.lexsort((uids["f1"], uids["f0"]))
+    values = table.drop_columns(["uid_hi", "uid_lo"]).to_pandas().iloc[order].reset_index(drop=True)
+    return uids[order], values
+
+
+def select_subset(pool: Pool, plan: FilterPlan, scores_dir: Path, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The global reduce: combine every step's decision into the kept uids, with counts per drop reason."""
+    loaded = [_load_values(pool, step, Path(scores_dir)) for step in plan.steps]
+    uids = loaded[0][0]
+    for step, (other, _) in zip(plan.steps[1:], loaded[1:], strict=True):
+        if not np.array_equal(other, uids):
+            raise RuntimeError(f"step {step.id} scored a different set of rows; delete {scores_dir} and rerun")
+    ctx = SelectContext(seed=seed, pool_size=len(uids))
+    alive = np.zeros(len(uids), dtype=bool) if plan.combine == "union" else np.ones(len(uids), dtype=bool)
+    step_stats = []
+    for step, (_, values) in zip(plan.steps, loaded, strict=True):
+        rows = np.flatnonzero(alive) if plan.combine == "sequence" else np.arange(len(uids))
+        decision: Decision = step.filter.select(values.iloc[rows].reset_index(drop=True), uids[rows], ctx)
+        keep = np.zeros(len(uids), dtype=bool)
+        keep[rows[decision.keep]] = True
+        alive = alive | keep if plan.combine == "union" else alive & keep
+        dropped = pd.Series(decision.reason[~decision.keep]).value_counts()
+        step_stats.append(
+            {
+                "step": step.id,
+                **step.filter.describe(),
+                "input": len(rows),
+                "kept": int(decision.keep.sum()),
+                "dropped": {str(k): int(v) for k, v in dropped.items()},
+            }
+        )
+    stats = {
+        "pool_size": len(uids),
+        "kept": int(alive.sum()),
+        "kept_fraction": float(alive.mean()) if len(uids) else 0.0,
+        "combine": plan.combine,
+        "steps": step_stats,
+    }
+    return uids[alive], stats
+
+
+def run_filter(
+    pool_root: str | Path,
+    filter_cfg: Mapping[str, Any],
+    out_dir: str | Path,
+    seed: int = 0,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
+    """Score and select: writes ``subset.npy`` and ``subset_stats.json`` in ``out_dir``; returns the stats."""
+    out_dir = Path(out_dir)
+    pool = Pool.open(pool_root)
+    plan = plan_from_config(filter_cfg)
+    started = time.perf_counter()
+    score_pool(pool, plan, out_dir / "scores", executor)
+    scored = time.perf_counter()
+    subset, stats = select_subset(pool, plan, out_dir / "scores", seed)
+    write_subset(out_dir / "subset.npy", subset)
+    stats["seconds"] = {"score": round(scored - started, 3), "select": round(time.perf_counter() - scored, 3)}
+    stats["filter"] = plan.label
+    write_json(out_dir / "subset_stats.json", stats)
+    return stats
