@@ -218,12 +218,33 @@ def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]
                 current_key = key
                 handle = tar.extractfile(member)
                 current[ext.lower()] = handle.read() if handle else b""
+            end = tar.offset
     except (tarfile.TarError, EOFError, OSError) as e:
         if current:
             yield current_key, current  # type: ignore[misc]
         raise PoolError(f"{path}: damaged tar ({e}); samples after this point were skipped") from e
     if current:
         yield current_key, current  # type: ignore[misc]
+    garbage_at = _data_after_end(path, end)
+    if garbage_at is not None:
+        raise PoolError(f"{path}: damaged tar (unreadable header at byte {garbage_at}); samples after it were skipped")
+
+
+def _data_after_end(path: Path, end: int) -> int | None:
+    """Offset of non-zero bytes after the archive's end, or None.
+
+    tarfile treats a garbage header in the middle of an archive as the end of the archive and stops
+    without an error, so a damaged shard would silently lose its tail. Only plain tars can be checked.
+    """
+    with open(path, "rb") as f:
+        if f.read(2) in (b"\x1f\x8b", b"BZ", b"\xfd7"):  # gzip, bzip2, xz: offsets are not file offsets
+            return None
+        f.seek(end)
+        while block := f.read(1 << 16):
+            stripped = block.lstrip(b"\0")
+            if stripped:
+                return f.tell() - len(stripped)
+    return None
 
 
 def sample_uid(sample: dict[str, bytes]) -> str | None:
