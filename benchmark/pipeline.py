@@ -10,7 +10,7 @@ parameter, so ``filter.fraction=0.5`` overrides work) or a composition::
       - {name: concept_match, vocabulary: [...]}
 
 In a sequence each step selects among the survivors of the previous one; intersection and union let
-every step see the whole pool. Score files are uid-keyed parquet, one per (step, shard), written
+every step see the whole pool. Score files are uid-keyed Arrow files, one per (step, shard), written
 atomically, so a rerun skips the shards already scored.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.feather as feather
 
 from .core.atomic import atomic_path, write_json
 from .core.errors import ConfigError, PoolError
@@ -97,7 +97,7 @@ def score_pool(pool: Pool, plan: FilterPlan, scores_dir: Path, executor: Executo
 def _score_shard(
     pool: Pool, steps: list[Step], scores_dir: Path, columns: tuple[str, ...], embeddings: tuple[str, ...], shard: str
 ) -> None:
-    todo = [s for s in steps if not (scores_dir / s.id / f"{shard}.parquet").exists()]
+    todo = [s for s in steps if not (scores_dir / s.id / f"{shard}.arrow").exists()]
     if not todo:
         return
     batch = pool.read_shard(shard, columns, embeddings)
@@ -108,23 +108,25 @@ def _score_shard(
         columns = {"uid_hi": batch.uids["f0"], "uid_lo": batch.uids["f1"]}
         columns.update({name: values[name].to_numpy() for name in values.columns})
         table = pa.table(columns)
-        with atomic_path(scores_dir / step.id / f"{shard}.parquet") as tmp:
-            pq.write_table(table, tmp)
+        with atomic_path(scores_dir / step.id / f"{shard}.arrow") as tmp:
+            feather.write_feather(table, tmp, compression="uncompressed")
 
 
 def _load_values(pool: Pool, step: Step, scores_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
-    """One step's values over the whole pool, sorted by uid so selection never depends on shard order."""
-    files = [scores_dir / step.id / f"{s}.parquet" for s in pool.shard_names]
+    """One step's values over the whole pool, in pool order (shards by name, rows as stored).
+
+    Selection rules must not depend on row order (ties are broken by uid), so the same config and seed
+    give the same subset whatever the shard order or worker count.
+    """
+    files = [scores_dir / step.id / f"{s}.arrow" for s in pool.shard_names]
     missing = [f for f in files if not f.exists()]
     if missing:
         raise PoolError(f"{len(missing)} score files missing, e.g. {missing[0]}; run the score stage first")
-    table = pa.concat_tables([pq.read_table(f) for f in files])
+    table = pa.concat_tables([feather.read_table(f, memory_map=True) for f in files])
     uids = np.empty(table.num_rows, dtype=UID_DTYPE)
     uids["f0"] = table.column("uid_hi").to_numpy()
     uids["f1"] = table.column("uid_lo").to_numpy()
-    order = np.lexsort((uids["f1"], uids["f0"]))
-    values = table.drop_columns(["uid_hi", "uid_lo"]).to_pandas().iloc[order].reset_index(drop=True)
-    return uids[order], values
+    return uids, table.drop_columns(["uid_hi", "uid_lo"]).to_pandas()
 
 
 def select_subset(pool: Pool, plan: FilterPlan, scores_dir: Path, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -138,19 +140,22 @@ def select_subset(pool: Pool, plan: FilterPlan, scores_dir: Path, seed: int) -> 
     alive = np.zeros(len(uids), dtype=bool) if plan.combine == "union" else np.ones(len(uids), dtype=bool)
     step_stats = []
     for step, (_, values) in zip(plan.steps, loaded, strict=True):
-        rows = np.flatnonzero(alive) if plan.combine == "sequence" else np.arange(len(uids))
-        decision: Decision = step.filter.select(values.iloc[rows].reset_index(drop=True), uids[rows], ctx)
+        if plan.combine != "sequence" or alive.all():  # every row competes: no copies needed
+            rows, step_values, step_uids = np.arange(len(uids)), values, uids
+        else:
+            rows = np.flatnonzero(alive)
+            step_values, step_uids = values.iloc[rows].reset_index(drop=True), uids[rows]
+        decision: Decision = step.filter.select(step_values, step_uids, ctx)
         keep = np.zeros(len(uids), dtype=bool)
         keep[rows[decision.keep]] = True
         alive = alive | keep if plan.combine == "union" else alive & keep
-        dropped = pd.Series(decision.reason[~decision.keep]).value_counts()
         step_stats.append(
             {
                 "step": step.id,
                 **step.filter.describe(),
                 "input": len(rows),
                 "kept": int(decision.keep.sum()),
-                "dropped": {str(k): int(v) for k, v in dropped.items()},
+                "dropped": decision.dropped(),
             }
         )
     stats = {

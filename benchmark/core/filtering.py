@@ -46,23 +46,33 @@ class SelectContext:
 
 @dataclass
 class Decision:
-    """Per row: keep (bool) and, for dropped rows, a short reason ("not_english", "below_threshold")."""
+    """Per row: keep or drop, and for dropped rows the first reason that dropped it.
+
+    ``reason`` holds small integer codes (0 = kept, i = ``reason_names[i - 1]``): a million rows of
+    Python strings would cost more than the filtering itself.
+    """
 
     keep: np.ndarray
-    reason: np.ndarray  # object array; "" where kept
+    reason: np.ndarray
+    reason_names: tuple[str, ...]
 
     @classmethod
     def from_mask(cls, keep: np.ndarray, reason: str) -> Decision:
         keep = np.asarray(keep, dtype=bool)
-        return cls(keep=keep, reason=np.where(keep, "", reason).astype(object))
+        return cls(keep=keep, reason=(~keep).astype(np.int8), reason_names=(reason,))
 
     @classmethod
     def from_reasons(cls, reasons: dict[str, np.ndarray], rows: int) -> Decision:
         """Several named drop conditions; a row dropped by more than one is counted under the first."""
-        reason = np.full(rows, "", dtype=object)
-        for name, dropped in reasons.items():
-            reason[(reason == "") & np.asarray(dropped, dtype=bool)] = name
-        return cls(keep=reason == "", reason=reason)
+        code = np.zeros(rows, dtype=np.int8)
+        for i, dropped in enumerate(reasons.values(), start=1):
+            code[(code == 0) & np.asarray(dropped, dtype=bool)] = i
+        return cls(keep=code == 0, reason=code, reason_names=tuple(reasons))
+
+    def dropped(self) -> dict[str, int]:
+        """Counts per drop reason (reasons that dropped nothing are left out)."""
+        counts = np.bincount(self.reason, minlength=len(self.reason_names) + 1)[1:]
+        return {name: int(n) for name, n in zip(self.reason_names, counts, strict=True) if n}
 
 
 @dataclass

@@ -33,7 +33,7 @@ class ShardBatch:
     """One metadata shard, as a filter's map step sees it."""
 
     shard: str
-    table: pd.DataFrame  # the requested columns, plus "uid" (hex)
+    table: pd.DataFrame  # the requested columns ("uid", the hex strings, only if requested)
     uids: np.ndarray  # structured u8,u8, aligned with table rows
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (rows, dim)
 
@@ -114,14 +114,15 @@ class Pool:
         path = self.root / "metadata" / f"{shard}.parquet"
         own_columns = [c for c in columns if c in self.columns and c != "uid"]
         try:
-            table = pq.read_table(path, columns=["uid", *own_columns])
+            table = pq.read_table(path, columns=["uid", *own_columns], use_threads=False)  # threads cost more than they save per shard
         except Exception as e:  # pyarrow raises several types for a damaged file
             raise PoolError(f"{path}: unreadable parquet ({e}); re-download or regenerate this shard") from e
         try:
             uids = hex_to_uids(table.column("uid"))
         except ValueError as e:
             raise PoolError(f"{path}: {e}") from None
-        frame = table.to_pandas()
+        # Hex uid strings are expensive as Python objects; filters get the parsed words in ``uids``.
+        frame = table.drop_columns(["uid"] if "uid" not in columns else []).to_pandas()
         extra_scores = [c for c in columns if c not in self.columns]
         need_models = {e.rsplit("_", 1)[0] for e in embeddings} | {
             c.removeprefix("clip_").removesuffix("_similarity_score") for c in extra_scores

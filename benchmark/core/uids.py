@@ -25,7 +25,6 @@ for _i, _c in enumerate(b"0123456789abcdef"):
     _NIBBLE[_c] = _i
 for _i, _c in enumerate(b"ABCDEF"):
     _NIBBLE[_c] = 10 + _i
-_SHIFTS = np.arange(60, -1, -4, dtype=np.uint64)
 
 
 def uid_to_words(uid: str) -> tuple[int, int]:
@@ -50,18 +49,21 @@ def hex_to_uids(hexes: Sequence[str] | np.ndarray | pa.Array | pa.ChunkedArray) 
     too_long = pc.greater(pc.utf8_length(arr), 32)
     if pc.any(too_long).as_py():
         raise ValueError(f"uid {arr[_first(too_long)].as_py()!r} has more than 32 hex digits (uids are 128-bit)")
-    padded = pc.utf8_lpad(arr, width=32, padding="0")
-    # Every string is now exactly 32 bytes, so the data buffer is an (n, 32) byte matrix.
-    offsets = np.frombuffer(padded.buffers()[1], dtype=np.int32)[padded.offset : padded.offset + len(padded) + 1]
-    raw = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(len(padded), 32)
-    nibbles = _NIBBLE[raw]
-    bad = (nibbles == 255).any(axis=1)
-    if bad.any():
-        raise ValueError(f"uid {arr[int(np.flatnonzero(bad)[0])].as_py()!r} is not a hex string")
-    nib = nibbles.astype(np.uint64)
-    out = np.empty(len(padded), dtype=UID_DTYPE)
-    out["f0"] = (nib[:, :16] << _SHIFTS).sum(axis=1, dtype=np.uint64)
-    out["f1"] = (nib[:, 16:] << _SHIFTS).sum(axis=1, dtype=np.uint64)
+    original = arr
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    if not (np.diff(offsets) == 32).all():  # short hex: left-pad to 32 digits, like int(uid, 16) reads it
+        arr = pc.utf8_lpad(arr, width=32, padding="0")
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    # Every string is now exactly 32 bytes, so the data buffer is one long hex string: decode it in C.
+    text = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].tobytes()
+    try:
+        words = np.frombuffer(bytes.fromhex(text.decode("ascii")), dtype=">u8").reshape(len(arr), 2)
+    except (ValueError, UnicodeDecodeError):
+        bad = (_NIBBLE[np.frombuffer(text, dtype=np.uint8).reshape(len(arr), 32)] == 255).any(axis=1)
+        raise ValueError(f"uid {original[int(np.flatnonzero(bad)[0])].as_py()!r} is not a hex string") from None
+    out = np.empty(len(arr), dtype=UID_DTYPE)
+    out["f0"] = words[:, 0]
+    out["f1"] = words[:, 1]
     return out
 
 
@@ -75,7 +77,8 @@ def uids_to_hex(uids: np.ndarray) -> list[str]:
 
 
 def sort_uids(uids: np.ndarray) -> np.ndarray:
-    return np.sort(uids, order=["f0", "f1"])
+    # lexsort on the two words is ~10x faster than np.sort(order=...) on a structured array.
+    return uids[np.lexsort((uids["f1"], uids["f0"]))]
 
 
 def validate_subset(uids: np.ndarray, where: str = "subset") -> np.ndarray:

@@ -1,0 +1,36 @@
+# The two commands of the README:  `make demo`  and  `make test`.  Both set everything up on a fresh clone.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.siftbench-installed
+
+.PHONY: setup demo test lint bench browser baselines clean
+
+# torch first, pinned, from the machine's local wheels (pip finds them; uv/poetry would download ~3 GB).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[ml,dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The browser test needs a real headless Chromium (Debian's package).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+demo: setup
+	$(VENV)/bin/siftbench baselines --seeds 0 --strategies no_filter random clip_score oracle scale=demo
+
+test: setup browser
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+bench: setup
+	$(VENV)/bin/siftbench bench
+
+baselines: setup
+	$(VENV)/bin/siftbench baselines --seeds 0 1 2 --out docs/results/baselines-tiny.md scale=tiny
+
+clean:
+	rm -rf runs site .pytest_cache

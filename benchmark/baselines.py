@@ -1,0 +1,138 @@
+"""`siftbench baselines`: the baseline strategies over several seeds, one markdown table with mean ± std.
+
+The headline average leaves out tasks that every strategy saturates (> 95%): they cannot tell
+strategies apart and only compress the differences. On the world, every row also reports the
+oracle gap closed, (score - no_filter) / (oracle - no_filter), against the clean-pairs-only oracle.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import compose_config, to_dict
+from .core.atomic import write_json
+from .core.results import load_results
+
+SATURATED = 0.95
+
+
+def run_baselines(
+    strategies: dict[str, list[str]], seeds: Sequence[int], overrides: Sequence[str] = (), progress: bool = True
+) -> dict[str, list[Path]]:
+    """Run every strategy x seed (finished runs are reused); return run directories per strategy."""
+    from .runner import run_experiment
+
+    runs: dict[str, list[Path]] = {}
+    for label, strategy_overrides in strategies.items():
+        for seed in seeds:
+            cfg = compose_config([*strategy_overrides, *overrides, f"seed={seed}"])
+            cfg.name = f"{label}-{cfg.scale.name}-s{seed}"
+            runs.setdefault(label, []).append(run_experiment(cfg, progress=progress))
+    return runs
+
+
+def collect(runs: dict[str, list[Path]]) -> dict[str, list[dict[str, Any]]]:
+    return {label: [load_results(d) for d in dirs] for label, dirs in runs.items()}
+
+
+def headline_tasks(results: dict[str, list[dict[str, Any]]]) -> tuple[list[str], list[str]]:
+    """(kept, left out): a task is left out when every strategy's mean main metric is above 95%."""
+    tasks = list(next(iter(results.values()))[0]["tasks"])
+    left_out = [
+        t for t in tasks
+        if all(np.mean([r["tasks"][t]["score"] for r in rs]) > SATURATED for rs in results.values())
+    ]
+    return [t for t in tasks if t not in left_out], left_out
+
+
+def summarize_table(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per strategy: per-task and headline mean/std over seeds, pooled std, oracle gap closed."""
+    kept, left_out = headline_tasks(results)
+    rows: dict[str, dict[str, Any]] = {}
+    for label, rs in results.items():
+        per_task = {t: [r["tasks"][t]["score"] for r in rs] for t in rs[0]["tasks"]}
+        headline = [float(np.mean([r["tasks"][t]["score"] for t in kept])) for r in rs]
+        rows[label] = {
+            "seeds": [r["run"]["seed"] for r in rs],
+            "subset_size": int(np.mean([r["subset"]["size"] for r in rs])),
+            "tasks": {t: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0) for t, v in per_task.items()},
+            "headline": (float(np.mean(headline)), float(np.std(headline, ddof=1)) if len(headline) > 1 else 0.0),
+            "headline_per_seed": headline,
+        }
+    pooled = float(np.sqrt(np.mean([row["headline"][1] ** 2 for row in rows.values()])))
+    if "no_filter" in rows and "oracle" in rows:
+        low, high = rows["no_filter"], rows["oracle"]
+        for row in rows.values():
+            row["oracle_gap_closed"] = {
+                t: _gap(row["tasks"][t][0], low["tasks"][t][0], high["tasks"][t][0]) for t in row["tasks"]
+            }
+            row["oracle_gap_closed"]["headline"] = _gap(row["headline"][0], low["headline"][0], high["headline"][0])
+    return {"headline_tasks": kept, "left_out": left_out, "pooled_std": pooled, "rows": rows}
+
+
+def _gap(score: float, no_filter: float, oracle: float) -> float | None:
+    span = oracle - no_filter
+    return None if abs(span) < 1e-9 else float((score - no_filter) / span)
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    rows = summary["rows"]
+    tasks = list(next(iter(rows.values()))["tasks"])
+    has_gap = any("oracle_gap_closed" in r for r in rows.values())
+    head = ["strategy", "subset", *tasks, "headline avg"] + (["oracle gap closed"] if has_gap else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, row in rows.items():
+        cells = [label, f"{row['subset_size']:,}"]
+        cells += [_pm(*row["tasks"][t]) for t in tasks]
+        cells.append(f"**{_pm(*row['headline'])}**")
+        if has_gap:
+            gap = row.get("oracle_gap_closed", {}).get("headline")
+            cells.append("" if gap is None else f"{gap:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = sorted({s for r in rows.values() for s in r["seeds"]})
+    notes = [
+        "",
+        f"Scores in %, mean ± std over seeds {seeds}. Headline average over {', '.join(summary['headline_tasks'])}"
+        + (f"; left out (above {SATURATED:.0%} for every strategy): {', '.join(summary['left_out'])}" if summary["left_out"] else "")
+        + f". Pooled seed std of the headline: {100 * summary['pooled_std']:.2f} points.",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def store_oracle_gaps(runs: dict[str, list[Path]], summary: dict[str, Any]) -> None:
+    """Write each run's oracle gap closed into its results.json (the strategy's seed-mean versus the
+    seed-means of no_filter and oracle at the same scale)."""
+    for label, dirs in runs.items():
+        gap = summary["rows"][label].get("oracle_gap_closed")
+        if gap is None:
+            continue
+        for d in dirs:
+            path = Path(d) / "results.json"
+            data = json.loads(path.read_text())
+            data["oracle_gap_closed"] = gap
+            write_json(path, data)
+
+
+def baselines_main(
+    seeds: Sequence[int], strategies: Sequence[str] | None, overrides: Sequence[str], out: Path | None, progress: bool = True
+) -> str:
+    cfg = compose_config(["+experiment=baselines", *overrides])
+    table_cfg = to_dict(cfg.experiment)
+    chosen = {k: v for k, v in table_cfg["strategies"].items() if not strategies or k in strategies}
+    runs = run_baselines(chosen, seeds, overrides, progress=progress)
+    summary = summarize_table(collect(runs))
+    store_oracle_gaps(runs, summary)
+    table = markdown_table(summary)
+    if out is not None:
+        write_json(Path(out).with_suffix(".json"), summary)
+        Path(out).write_text(table)
+    return table

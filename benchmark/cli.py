@@ -1,0 +1,222 @@
+"""The `siftbench` command: one dispatcher, one subcommand per stage, each calling a plain function.
+
+Heavy libraries are imported inside the subcommands, so `siftbench --help` and the leaderboard stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .core.errors import SiftbenchError
+
+EXAMPLES = """examples:
+  siftbench run                                         # no_filter on the embedded world, scale tiny
+  siftbench run filter=clip_score filter.fraction=0.3 scale=tiny seed=1
+  siftbench baselines --seeds 0 1 2                     # the baseline table (markdown, mean ± std)
+  siftbench world                                       # generate (or find) the embedded world
+  siftbench filter runs/my-pool --out runs/my-filter filter=basic
+  siftbench evaluate runs/clip_score-tiny-s0
+  siftbench scales
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return args.func(args) or 0
+    except SiftbenchError as e:
+        print(f"siftbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("siftbench: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="siftbench",
+        description="Benchmark dataset-curation strategies: filter a pool, train CLIP at a fixed budget, evaluate, rank.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    overrides_help = "Hydra overrides, key=value (e.g. filter=clip_score scale=toy seed=1)"
+
+    p = sub.add_parser("run", help="one experiment: filter -> reshard -> train -> evaluate")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("baselines", help="the baseline strategies over several seeds, as a markdown table")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--strategies", nargs="+", help="labels from configs/experiment/baselines.yaml (default: all)")
+    p.add_argument("--out", type=Path, help="also write the table (.md) and its numbers (.json) here")
+    p.add_argument("--submit", action="store_true", help="submit every run to the leaderboard store")
+    p.add_argument("--store", type=Path, help="leaderboard store (default: leaderboard.sqlite)")
+    p.set_defaults(func=cmd_baselines)
+
+    p = sub.add_parser("world", help="generate the embedded synthetic world (cached) and print where it is")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser("filter", help="score + select over a pool: writes subset.npy and subset_stats.json")
+    p.add_argument("pool", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.set_defaults(func=cmd_filter)
+
+    p = sub.add_parser("embed", help="embed a pool's images and captions with an open_clip model")
+    p.add_argument("pool", type=Path)
+    p.add_argument("--model", required=True, help="open_clip architecture, e.g. ViT-B-32 or siftbench-tiny")
+    p.add_argument("--pretrained", help="pretrained tag whose weights are in the local cache")
+    p.add_argument("--checkpoint", type=Path, help="a local checkpoint file")
+    p.add_argument("--key", help="name of the embeddings (default: the architecture)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("reshard", help="pool + subset.npy -> training shards (repeats honoured)")
+    p.add_argument("pool", type=Path)
+    p.add_argument("subset", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_reshard)
+
+    p = sub.add_parser("train", help="train CLIP on training shards at a fixed scale")
+    p.add_argument("shards", type=Path)
+    p.add_argument("--scale", default="toy")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--nproc", type=int, default=1, help="processes (torchrun) on this machine")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run directory, or an architecture + checkpoint, on a suite")
+    p.add_argument("run_dir", type=Path, nargs="?")
+    p.add_argument("--model", help="open_clip architecture (with --checkpoint or --pretrained)")
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--pretrained")
+    p.add_argument("--suite", default="world")
+    p.add_argument("--eval-root", type=Path, help="folder with the suite's datasets (default: the world's)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("scales", help="print the scale table (DataComp's scales and the CPU ones)")
+    p.set_defaults(func=cmd_scales)
+
+    p = sub.add_parser("bench", help="speed benchmarks: training data path vs compute-only, metadata scan rate")
+    p.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic metadata pool")
+    p.add_argument("--skip-training", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+    try:
+        from siftbench.leaderboard.cli import add_leaderboard_commands
+    except ImportError:  # the leaderboard is optional in a trimmed install
+        pass
+    else:
+        add_leaderboard_commands(sub)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import compose_config
+    from .runner import run_experiment
+
+    cfg = compose_config(args.overrides)
+    if args.show_config:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    run_dir = run_experiment(cfg)
+    print((run_dir / "report.md").read_text())
+    return 0
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from .baselines import baselines_main
+
+    print(baselines_main(args.seeds, args.strategies, args.overrides, args.out, submit=args.submit, store=args.store))
+    return 0
+
+
+def cmd_world(args: argparse.Namespace) -> int:
+    from .config import compose_config, to_dict
+    from .world import ensure_world
+
+    world = ensure_world(to_dict(compose_config(args.overrides).world))
+    print(json.dumps({"root": str(world.root), "pool": str(world.pool_dir), "reference": str(world.reference_dir),
+                      "eval": str(world.eval_dir), "version": world.version, "hash": world.content_hash}, indent=2))
+    return 0
+
+
+def cmd_filter(args: argparse.Namespace) -> int:
+    from .config import compose_config, to_dict
+    from .executors import make_executor
+    from .pipeline import run_filter
+
+    cfg = compose_config(args.overrides)
+    stats = run_filter(args.pool, to_dict(cfg.filter), args.out, seed=int(cfg.seed),
+                       executor=make_executor(to_dict(cfg.executor)))
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .embed import embed_pool
+
+    stats = embed_pool(args.pool, arch=args.model, model_key=args.key or args.model, checkpoint=args.checkpoint,
+                       pretrained=args.pretrained, batch_size=args.batch_size, device=args.device)
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+def cmd_reshard(args: argparse.Namespace) -> int:
+    from .core.uids import read_subset
+    from .reshard import reshard
+
+    print(json.dumps(reshard(args.pool, read_subset(args.subset), args.out, seed=args.seed, workers=args.workers), indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .scales import load_scale
+    from .train import train
+
+    print(train(args.shards, load_scale(args.scale), args.out, seed=args.seed, device=args.device, nproc=args.nproc))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_main
+
+    print(json.dumps(evaluate_main(args), indent=2))
+    return 0
+
+
+def cmd_scales(args: argparse.Namespace) -> int:
+    from .scales import scale_table
+
+    print(scale_table().to_string(index=False))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_benchmarks
+
+    run_benchmarks(rows=args.rows, training=not args.skip_training)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,245 @@
+"""`siftbench run`: one experiment, every stage, one run directory.
+
+    runs/<name>/config.yaml  subset.npy  subset_stats.json  scores/  shards/  train/  results.json  report.md
+
+Each stage skips work whose output already exists, so rerunning a crashed run resumes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+import time
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .config import to_dict
+from .core.atomic import write_json, write_text
+from .core.errors import ConfigError
+from .core.pool import Pool
+from .core.results import SCHEMA_VERSION, validate_results
+from .core.uids import file_sha256, isin_uids, read_subset, write_subset
+from .executors import make_executor
+from .pipeline import plan_from_config, run_filter
+
+
+def run_name(cfg: Any) -> str:
+    return cfg.name or f"{cfg.filter.get('name', 'pipeline')}-{cfg.scale.name}-s{cfg.seed}"
+
+
+def resolve_pool(cfg: Any) -> tuple[Path, Any | None]:
+    """The pool to filter: a user's DataComp pool, or the embedded world (generated once, cached)."""
+    if cfg.pool:
+        return Path(cfg.pool), None
+    from .world import ensure_world
+
+    world = ensure_world(to_dict(cfg.world))
+    return Path(world.pool_dir), world
+
+
+def run_experiment(cfg: Any, progress: bool = True) -> Path:
+    """Filter -> reshard -> train -> evaluate, in ``runs_dir/<name>/``; returns the run directory."""
+    from omegaconf import OmegaConf
+
+    timings: dict[str, float] = {}
+    run_dir = Path(cfg.runs_dir) / run_name(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    say = print if progress else (lambda *a, **k: None)
+
+    clock = time.perf_counter()
+    pool_root, world = resolve_pool(cfg)
+    timings["world"] = time.perf_counter() - clock
+    say(f"[siftbench] {run_dir.name}: pool {pool_root}")
+
+    clock = time.perf_counter()
+    subset_stats = select_stage(cfg, pool_root, world, run_dir)
+    timings["filter"] = time.perf_counter() - clock
+    say(f"[siftbench] {run_dir.name}: kept {subset_stats['kept']:,} of {subset_stats['pool_size']:,} pairs")
+
+    from .reshard import reshard
+    from .scales import load_scale, resolved_scale
+    from .train import train
+
+    scale = resolved_scale(to_dict(cfg.scale))
+    clock = time.perf_counter()
+    shard_stats = reshard(
+        pool_root, read_subset(run_dir / "subset.npy"), run_dir / "shards", seed=int(cfg.seed),
+        min_shards=max(2, int(scale.get("workers", 1))), progress=progress,
+    )
+    timings["reshard"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    checkpoint = train(run_dir / "shards", scale, run_dir / "train", seed=int(cfg.seed), device=cfg.device,
+                       progress=progress)
+    timings["train"] = time.perf_counter() - clock
+
+    from siftbench.eval_suite import load_suite, summarize
+
+    from .evaluate import evaluate_checkpoint
+
+    clock = time.perf_counter()
+    suite = load_suite(cfg.eval.name, root=eval_root(cfg, world))
+    tasks = evaluate_checkpoint(scale["model"], checkpoint, suite, device=cfg.device)
+    timings["evaluate"] = time.perf_counter() - clock
+
+    summary = summarize(tasks)
+    subset = read_subset(run_dir / "subset.npy")
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "run": {
+            "name": run_dir.name,
+            "seed": int(cfg.seed),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "git_revision": git_revision(),
+            "siftbench_version": package_version("siftbench"),
+            "library_versions": library_versions(),
+            "wall_times_s": {k: round(v, 2) for k, v in timings.items()},
+        },
+        "scale": {"name": cfg.scale.name, "hyperparameters": scale, "comparable": load_scale(cfg.scale.name) == scale},
+        "filter": {"config": to_dict(cfg.filter), "filters": subset_stats.get("filters", [])},
+        "subset": {
+            "path": "subset.npy",
+            "size": len(subset),
+            "unique": len(np.unique(subset)),
+            "sha256": file_sha256(run_dir / "subset.npy"),
+            "missing_from_pool": int(shard_stats.get("missing_from_pool", 0)),
+        },
+        "pool": pool_identity(pool_root, world),
+        "world": {"version": world.version, "hash": world.content_hash} if world is not None else None,
+        "suite": suite.identity(),
+        "model": {"arch": scale["model"], "checkpoint": str(Path(checkpoint).relative_to(run_dir.resolve()))
+                  if Path(checkpoint).is_relative_to(run_dir.resolve()) else str(checkpoint)},
+        "tasks": tasks,
+        "average": summary["average"],
+        "groups": summary["groups"],
+        "headline_average": summary["groups"].get("headline", summary["average"]),
+        "diagnostics": subset_stats.get("diagnostics"),
+        "oracle_gap_closed": None,
+    }
+    write_json(run_dir / "results.json", validate_results(results, str(run_dir / "results.json")))
+    write_text(run_dir / "report.md", render_report(results, subset_stats))
+    say(f"[siftbench] {run_dir.name}: average {results['average']:.3f} -> {run_dir / 'results.json'}")
+    return run_dir
+
+
+def select_stage(cfg: Any, pool_root: Path, world: Any | None, run_dir: Path) -> dict[str, Any]:
+    """Write subset.npy + subset_stats.json (skipped when both exist); on the world, add diagnostics."""
+    stats_path = run_dir / "subset_stats.json"
+    if (run_dir / "subset.npy").exists() and stats_path.exists():
+        import json
+
+        return json.loads(stats_path.read_text())
+    filter_cfg = to_dict(cfg.filter)
+    if filter_cfg.get("name") == "oracle":
+        if world is None:
+            raise ConfigError("filter=oracle needs the embedded world's ground truth; it has no meaning on a real pool")
+        subset = world.oracle_subset()
+        write_subset(run_dir / "subset.npy", subset)
+        pool_size = len(Pool.open(pool_root))
+        stats: dict[str, Any] = {
+            "pool_size": pool_size, "kept": len(subset), "kept_fraction": len(subset) / pool_size,
+            "combine": "sequence", "steps": [], "filter": "oracle",
+            "filters": [{"name": "oracle", "version": world.version, "params": {}}],
+        }
+    else:
+        plan = plan_from_config(filter_cfg)
+        if world is not None:
+            ensure_world_scores(cfg, world, plan)
+        stats = run_filter(pool_root, filter_cfg, run_dir, seed=int(cfg.seed), executor=make_executor(to_dict(cfg.executor)))
+        stats["filters"] = plan.describe()
+    if world is not None:
+        stats["diagnostics"] = world.diagnostics(read_subset(run_dir / "subset.npy"))
+    write_json(stats_path, stats)
+    return stats
+
+
+def ensure_world_scores(cfg: Any, world: Any, plan: Any) -> None:
+    """Compute the world scorer's embeddings when a filter asks for them (they are cached in the world)."""
+    key = cfg.scorer.name
+    wanted = [c for s in plan.steps for c in (*s.filter.columns(), *s.filter.embeddings())]
+    if any(w in (f"clip_{key}_similarity_score", f"{key}_img", f"{key}_txt") for w in wanted):
+        from .scorer import ensure_scorer
+
+        ensure_scorer(world, to_dict(cfg.scorer), device=cfg.device)
+
+
+def eval_root(cfg: Any, world: Any | None) -> Path:
+    if cfg.eval_root:
+        return Path(cfg.eval_root)
+    if world is None:
+        raise ConfigError("a real pool has no built-in eval sets: pass eval_root=<folder with the suite's datasets>")
+    return Path(world.eval_dir)
+
+
+def pool_identity(pool_root: Path, world: Any | None) -> dict[str, Any]:
+    """Size and a cheap fingerprint of the pool's metadata (file names and row counts)."""
+    pool = Pool.open(pool_root)
+    h = hashlib.sha256()
+    rows = 0
+    for f in pool.metadata_files:
+        n = pq.ParquetFile(f).metadata.num_rows
+        rows += n
+        h.update(f"{f.name}:{n}\n".encode())
+    return {"path": str(pool_root), "size": rows, "hash": world.content_hash if world is not None else h.hexdigest()}
+
+
+def subset_in_pool(pool_root: Path, subset: np.ndarray) -> int:
+    """How many subset entries are not pool uids."""
+    return int((~isin_uids(subset, Pool.open(pool_root).all_uids())).sum())
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def library_versions() -> dict[str, str | None]:
+    names = ["torch", "open_clip_torch", "webdataset", "numpy", "pandas", "pyarrow", "hydra-core"]
+    return {"python": platform.python_version(), **{n: package_version(n) for n in names}}
+
+
+def render_report(results: dict[str, Any], subset_stats: dict[str, Any]) -> str:
+    lines = [
+        f"# {results['run']['name']}",
+        "",
+        f"Filter `{subset_stats.get('filter')}` kept {subset_stats['kept']:,} of {subset_stats['pool_size']:,} pairs "
+        f"({subset_stats['kept_fraction']:.1%}); scale `{results['scale']['name']}`, seed {results['run']['seed']}.",
+        "",
+        "| task | main metric | score | chance |",
+        "|---|---|---|---|",
+    ]
+    for task, entry in results["tasks"].items():
+        chance = entry.get("chance")
+        lines.append(f"| {task} | {entry['main_metric']} | {entry['score']:.3f} | "
+                     f"{'' if chance is None else f'{chance:.3f}'} |")
+    lines += ["", f"**Average** {results['average']:.3f}", ""]
+    for step in subset_stats.get("steps", []):
+        dropped = ", ".join(f"{k} {v:,}" for k, v in step["dropped"].items()) or "nothing"
+        lines.append(f"- step `{step['step']}`: {step['input']:,} in, {step['kept']:,} kept; dropped {dropped}")
+    diag = subset_stats.get("diagnostics")
+    if diag:
+        lines += ["", "## Planted defects (world ground truth)", "", "| defect | planted | removed | recall |",
+                  "|---|---|---|---|"]
+        for defect, d in diag.get("defects", {}).items():
+            lines.append(f"| {defect} | {d['planted']:,} | {d['removed']:,} | {d['recall']:.2f} |")
+        extra = {k: v for k, v in diag.items() if k != "defects" and not isinstance(v, dict | list)}
+        lines += [""] + [f"- {k}: {v}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,67 @@
+"""The world's CLIP scoring model: trained on the clean reference set, cached, then used to embed the pool.
+
+DataComp's pools ship CLIP scores; the embedded world has none, and no weights can be downloaded, so
+siftbench trains a small CLIP on trusted pairs (as DFN trains its filtering network) and writes the
+pool's embeddings and ``clip_<name>_similarity_score`` the same way ``siftbench embed`` does for any model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .core.atomic import write_json
+from .core.filtering import uid_random
+from .core.pool import Pool
+from .core.uids import sort_uids
+
+
+def scorer_fingerprint(scorer_cfg: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(scorer_cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def ensure_scorer(world: Any, scorer_cfg: dict[str, Any], device: str = "cpu", workers: int = 1) -> str:
+    """Train (once) and apply (once) the scorer; return its model key, e.g. ``scorer``."""
+    from .embed import embed_pool
+
+    name = scorer_cfg["name"]
+    fingerprint = scorer_fingerprint(scorer_cfg)
+    checkpoint = train_scorer(world, scorer_cfg, device=device)
+    out = Path(world.pool_dir) / "embeddings" / name
+    marker = out / "scorer.json"
+    if out.exists() and (not marker.exists() or json.loads(marker.read_text()).get("fingerprint") != fingerprint):
+        shutil.rmtree(out)  # embeddings of another scorer under the same name: stale
+    embed_pool(Path(world.pool_dir), arch=scorer_cfg["arch"], model_key=name, checkpoint=checkpoint, device=device)
+    write_json(marker, {"fingerprint": fingerprint, "config": scorer_cfg, "checkpoint": str(checkpoint)})
+    return name
+
+
+def train_scorer(world: Any, scorer_cfg: dict[str, Any], device: str = "cpu") -> Path:
+    from .reshard import reshard
+    from .scales import load_scale
+    from .train import train
+
+    folder = Path(world.root) / "scorers" / f"{scorer_cfg['name']}-{scorer_fingerprint(scorer_cfg)}"
+    reference = Pool.open(world.reference_dir)
+    uids = reference.all_uids()
+    size = scorer_cfg.get("reference_size")
+    if size is not None and size < len(uids):
+        # A seed-independent, uid-hashed choice: the same reference_size always means the same pairs.
+        uids = uids[np.argsort(uid_random(uids, 0), kind="stable")[:size]]
+    shards = folder / "shards"
+    reshard(Path(world.reference_dir), sort_uids(uids), shards, seed=0, progress=False)
+    scale = {
+        **load_scale("tiny"),
+        "name": f"scorer:{scorer_cfg['name']}",
+        "model": scorer_cfg["arch"],
+        "samples_seen": int(scorer_cfg["samples_seen"]),
+        "global_batch": int(scorer_cfg["global_batch"]),
+        "lr": float(scorer_cfg["lr"]),
+        "epochs": int(scorer_cfg.get("epochs", 1)),
+    }
+    return train(shards, scale, folder / "train", seed=0, device=device)
