@@ -204,3 +204,32 @@ def test_uids_in_pool_reader_match_hex(pool):
     p = Pool.open(pool)
     batch = p.read_shard(p.shard_names[0], ["uid", "text"])
     assert np.array_equal(batch.uids, hex_to_uids(batch.table["uid"].tolist()))
+
+
+def test_derived_arrays_join_on_uid_not_row_order(pool):
+    p = Pool.open(pool)
+    shard = p.shard_names[0]
+    uids = p.read_shard(shard).uids
+    reversed_rows = np.arange(len(uids))[::-1]
+    folder = pool / "embeddings" / "m"
+    folder.mkdir(parents=True)
+    for name in p.shard_names:
+        u = p.read_shard(name).uids
+        np.savez(folder / f"{name}.npz", uid=u[::-1], image=np.arange(len(u))[::-1, None].astype(np.float16) * np.ones((1, 4), np.float16),
+                 similarity=np.arange(len(u), dtype=np.float32)[::-1], phash=np.arange(len(u), dtype=np.uint64)[::-1])
+    assert {"m_img", "m_phash"} <= set(p.embedding_keys())
+    batch = p.read_shard(shard, ["clip_m_similarity_score"], ["m_img", "m_phash"])
+    assert batch.table["clip_m_similarity_score"].tolist() == list(range(len(uids)))
+    assert batch.embeddings["m_phash"].tolist() == list(range(len(uids)))
+    assert batch.embeddings["m_img"].shape == (len(uids), 4)
+    assert reversed_rows[0] == len(uids) - 1
+
+
+def test_embedding_rows_out_of_sync_are_an_error(pool):
+    p = Pool.open(pool)
+    folder = pool / "embeddings" / "m"
+    folder.mkdir(parents=True)
+    u = p.read_shard(p.shard_names[0]).uids
+    np.savez(folder / f"{p.shard_names[0]}.npz", uid=u[:-3], image=np.zeros((len(u) - 3, 4), np.float16))
+    with pytest.raises(PoolError, match="3 of 50 metadata uids have no embedding"):
+        p.read_shard(p.shard_names[0], (), ["m_img"])

@@ -74,20 +74,28 @@ class Pool:
     def tar_files(self) -> list[Path]:
         return sorted((self.root / "shards").glob("*.tar"))
 
+    def derived_dirs(self) -> list[Path]:
+        """Our per-sample derived data, one folder per model or feature extractor (embeddings/<key>/)."""
+        return sorted(d for d in (self.root / "embeddings").glob("*") if d.is_dir())
+
     def embedding_keys(self) -> list[str]:
-        """Embedding keys available for every shard: the pool's own npz keys plus our embeddings/ models."""
+        """Per-row arrays available for every shard: the pool's own npz keys (b32_img, ...) plus ours,
+        named ``<key>_img``, ``<key>_txt`` or ``<key>_<array>`` for other features (e.g. ``imagehash_phash``)."""
         keys: list[str] = []
         own = self.root / "metadata" / f"{self.shard_names[0]}.npz"
         if own.exists():
             with np.load(own, allow_pickle=False) as z:
                 keys += [k for k in z.files if k != "uid"]
-        for model_dir in sorted((self.root / "embeddings").glob("*")):
-            keys += [f"{model_dir.name}_img", f"{model_dir.name}_txt"]
+        for folder in self.derived_dirs():
+            first = next(iter(sorted(folder.glob("*.npz"))), None)
+            if first is not None:
+                with np.load(first, allow_pickle=False) as z:
+                    keys += [_derived_name(folder.name, k) for k in z.files if k not in ("uid", "similarity")]
         return keys
 
     def score_columns(self) -> list[str]:
         """Similarity-score columns our embed stage added beside the metadata."""
-        return [f"clip_{d.name}_similarity_score" for d in sorted((self.root / "embeddings").glob("*"))]
+        return [f"clip_{d.name}_similarity_score" for d in self.derived_dirs()]
 
     def available(self) -> list[str]:
         return self.columns + [c for c in self.score_columns() if c not in self.columns]
@@ -124,26 +132,24 @@ class Pool:
         # Hex uid strings are expensive as Python objects; filters get the parsed words in ``uids``.
         frame = table.drop_columns(["uid"] if "uid" not in columns else []).to_pandas()
         extra_scores = [c for c in columns if c not in self.columns]
-        need_models = {e.rsplit("_", 1)[0] for e in embeddings} | {
-            c.removeprefix("clip_").removesuffix("_similarity_score") for c in extra_scores
-        }
+        folders = {d.name: d for d in self.derived_dirs()}
+        wanted = [*embeddings, *extra_scores]
         emb: dict[str, np.ndarray] = {}
+        for key in sorted({_owner(w, folders) for w in wanted} - {None}):
+            arrays = _load_aligned(folders[key] / f"{shard}.npz", uids, key)
+            for name in wanted:
+                if name in arrays:
+                    if name in extra_scores:
+                        frame[name] = arrays[name]
+                    else:
+                        emb[name] = arrays[name]
         own_npz = self.root / "metadata" / f"{shard}.npz"
-        for model in sorted(need_models):
-            ours = self.root / "embeddings" / model / f"{shard}.npz"
-            if ours.exists():
-                arrays = _load_aligned(ours, uids, model)
-                for suffix in ("img", "txt"):
-                    if f"{model}_{suffix}" in embeddings:
-                        emb[f"{model}_{suffix}"] = arrays[f"{model}_{suffix}"]
-                score_col = f"clip_{model}_similarity_score"
-                if score_col in extra_scores:
-                    frame[score_col] = arrays[score_col]
-            elif own_npz.exists():
-                with np.load(own_npz, allow_pickle=False) as z:
-                    for key in embeddings:
-                        if key.startswith(f"{model}_") and key in z.files:
-                            emb[key] = _check_rows(z[key], len(frame), own_npz, key)
+        pending = [e for e in embeddings if e not in emb]
+        if pending and own_npz.exists():
+            with np.load(own_npz, allow_pickle=False) as z:
+                for key in pending:
+                    if key in z.files:
+                        emb[key] = _check_rows(z[key], len(frame), own_npz, key)
         for key in embeddings:
             if key not in emb:
                 raise MissingColumnError(f"shard {shard}: embedding {key!r} not found in {own_npz} or embeddings/")
@@ -169,16 +175,29 @@ def _check_rows(array: np.ndarray, rows: int, path: Path, key: str) -> np.ndarra
     return array
 
 
-def _load_aligned(path: Path, uids: np.ndarray, model: str) -> dict[str, np.ndarray]:
-    """Load our npz (which carries uids) and reorder its rows to match the metadata's uids."""
+def _derived_name(key: str, array: str) -> str:
+    special = {"image": f"{key}_img", "text": f"{key}_txt", "similarity": f"clip_{key}_similarity_score"}
+    return special.get(array, f"{key}_{array}")
+
+
+def _owner(name: str, folders: dict[str, Path]) -> str | None:
+    """Which embeddings/<key>/ folder provides this column or array (longest matching key wins)."""
+    for key in sorted(folders, key=len, reverse=True):
+        if name == f"clip_{key}_similarity_score" or name.startswith(f"{key}_"):
+            return key
+    return None
+
+
+def _load_aligned(path: Path, uids: np.ndarray, key: str) -> dict[str, np.ndarray]:
+    """Load one of our npz files (which carry their uids) with rows reordered to the metadata's uids."""
+    if not path.exists():
+        raise PoolError(f"{path}: missing; rerun the stage that writes {path.parent.name} for this shard")
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     if "uid" not in arrays:
         raise PoolError(f"{path}: no 'uid' array; siftbench embeddings always store the uids they belong to")
-    stored = arrays.pop("uid")
-    key_of = {"image": f"{model}_img", "text": f"{model}_txt", "similarity": f"clip_{model}_similarity_score"}
-    order = _align(stored, uids, path)
-    return {key_of.get(k, k): v[order] for k, v in arrays.items()}
+    order = _align(arrays.pop("uid"), uids, path)
+    return {_derived_name(key, k): v[order] for k, v in arrays.items()}
 
 
 def _align(stored: np.ndarray, wanted: np.ndarray, path: Path) -> np.ndarray:
