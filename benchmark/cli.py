@@ -26,7 +26,13 @@ EXAMPLES = """examples:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come after options (`filter POOL --out DIR filter=basic`): argparse leaves those over.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
@@ -161,11 +167,12 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
-    from .config import compose_config, to_dict
+    from .config import compose_config, import_plugins, to_dict
     from .executors import make_executor
     from .pipeline import run_filter
 
     cfg = compose_config(args.overrides)
+    import_plugins(cfg.plugins)
     stats = run_filter(args.pool, to_dict(cfg.filter), args.out, seed=int(cfg.seed),
                        executor=make_executor(to_dict(cfg.executor)))
     print(json.dumps(stats, indent=2))

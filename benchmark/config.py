@@ -39,3 +39,28 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def import_plugins(plugins: Sequence[str]) -> None:
+    """Import user modules (by import name or .py path) so their ``@register_filter`` classes exist.
+
+    Only for the user's own runs: the leaderboard never imports or executes anything submitted.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    for plugin in plugins or ():
+        path = Path(plugin)
+        if path.suffix == ".py":
+            if not path.is_file():
+                raise ConfigError(f"plugin {plugin}: no such file")
+            spec = importlib.util.spec_from_file_location(f"siftbench_plugin_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            sys.modules[spec.name] = module  # type: ignore[union-attr]
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            try:
+                importlib.import_module(plugin)
+            except ModuleNotFoundError as e:
+                raise ConfigError(f"plugin {plugin!r}: {e}; give an importable module or a .py path") from None

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from .config import to_dict
+from .config import import_plugins, to_dict
 from .core.atomic import write_json, write_text
 from .core.errors import ConfigError
 from .core.pool import Pool
@@ -137,6 +137,7 @@ def select_stage(cfg: Any, pool_root: Path, world: Any | None, run_dir: Path) ->
 
         return json.loads(stats_path.read_text())
     filter_cfg = to_dict(cfg.filter)
+    import_plugins(cfg.get("plugins", []))
     if filter_cfg.get("name") == "oracle":
         if world is None:
             raise ConfigError("filter=oracle needs the embedded world's ground truth; it has no meaning on a real pool")

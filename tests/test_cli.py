@@ -1,0 +1,83 @@
+"""The command line: clear one-line errors (exit 2), never a bare traceback."""
+
+import numpy as np
+
+from siftbench.benchmark.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_lists_the_stages(capsys):
+    code, out, _ = run_cli(capsys)
+    assert code == 1
+    for command in ("run", "baselines", "world", "filter", "embed", "reshard", "train", "evaluate", "scales"):
+        assert command in out
+
+
+def test_missing_pool_folder(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "filter", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert "siftbench: error:" in err and "does not exist" in err and "Traceback" not in err
+
+
+def test_unknown_filter_suggests(capsys, tmp_path):
+    from siftbench.benchmark.bench import make_metadata_pool
+
+    pool = make_metadata_pool(tmp_path / "pool", 50, files=1)
+    code, _, err = run_cli(capsys, "filter", str(pool), "--out", str(tmp_path / "o"), "filter.name=radnom")
+    assert code == 2
+    assert "Unknown filter 'radnom'. Did you mean 'random'?" in err
+
+
+def test_unknown_config_group_option_lists_choices(capsys):
+    code, _, err = run_cli(capsys, "run", "filter=clip_scor", "--show-config")
+    assert code == 2
+    assert "clip_score" in err and "Traceback" not in err
+
+
+def test_threshold_and_fraction(capsys, tmp_path):
+    from siftbench.benchmark.bench import make_metadata_pool
+
+    pool = make_metadata_pool(tmp_path / "pool", 50, files=1)
+    code, _, err = run_cli(capsys, "filter", str(pool), "--out", str(tmp_path / "o"), "filter=clip_score",
+                           "filter.column=clip_b32_similarity_score", "filter.threshold=0.3")
+    assert code == 2
+    assert "exactly one of threshold= or fraction=" in err
+
+
+def test_reshard_refuses_bad_subsets(capsys, tmp_path):
+    from siftbench.benchmark.bench import make_metadata_pool
+
+    pool = make_metadata_pool(tmp_path / "pool", 10, files=1)
+    np.save(tmp_path / "int64.npy", np.arange(3))
+    code, _, err = run_cli(capsys, "reshard", str(pool), str(tmp_path / "int64.npy"), "--out", str(tmp_path / "s"))
+    assert code == 2 and "dtype int64" in err
+
+
+def test_plugin_filter_from_a_file(capsys, tmp_path):
+    from siftbench.benchmark.bench import make_metadata_pool
+
+    plugin = tmp_path / "my_filters.py"
+    plugin.write_text(
+        "from dataclasses import dataclass\n"
+        "from siftbench.benchmark.core.filtering import Decision, Filter, register_filter\n"
+        "@register_filter('long_captions_test')\n"
+        "@dataclass\n"
+        "class LongCaptions(Filter):\n"
+        "    min_words: int = 4\n"
+        "    def columns(self):\n"
+        "        return ('text',)\n"
+        "    def score(self, batch):\n"
+        "        return batch.table.assign(words=batch.table.text.str.split().str.len())[['words']]\n"
+        "    def select(self, values, uids, ctx):\n"
+        "        return Decision.from_mask(values.words.to_numpy() >= self.min_words, 'short_caption')\n"
+    )
+    pool = make_metadata_pool(tmp_path / "pool", 20, files=1)
+    code, out, err = run_cli(capsys, "filter", str(pool), "--out", str(tmp_path / "o"), f"plugins=[{plugin}]",
+                             "filter.name=long_captions_test", "+filter.min_words=4")
+    assert code == 0, err
+    assert '"kept": 20' in out  # "a photo of something" has 4 words
