@@ -1,0 +1,69 @@
+"""Evaluate one model on every runnable task of a suite."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tqdm import tqdm
+
+from .suite import Suite
+from .tasks import TASK_TYPES
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_model(
+    model: Any,
+    preprocess: Callable,
+    tokenizer: Callable,
+    suite: Suite,
+    device: str = "cpu",
+    batch_size: int = 256,
+    progress: bool = True,
+    num_workers: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Per task: type, main_metric, score, metrics, chance, groups, version, dataset, num_samples, skipped.
+
+    Runs in fp32 without autocast (autocast on CPU means bfloat16, and numbers must reproduce).
+    ``num_workers`` DataLoader workers decode images; results do not depend on it.
+    """
+    import torch
+
+    model = model.to(device).eval()
+    if suite.skipped:
+        log.warning("suite %s: skipping %s", suite.name, suite.skipped)
+    results: dict[str, dict[str, Any]] = {}
+    with torch.no_grad():
+        for spec in tqdm(suite.tasks, desc=f"eval {suite.name}", unit="task", disable=not progress):
+            data = suite.data[spec.name]
+            start = time.perf_counter()
+            result = TASK_TYPES.get(spec.type)().evaluate(
+                model, preprocess, tokenizer, data,
+                device=device, batch_size=batch_size, num_workers=num_workers, progress=progress,
+            )
+            skipped = result.skipped
+            if skipped.total or skipped.damaged_shards:
+                log.warning("eval task %s: skipped %s; damaged shards %s", spec.name, dict(skipped.reasons),
+                            skipped.damaged_shards)
+            seen = result.num_samples + skipped.total
+            if spec.size is not None and (seen != spec.size or skipped.damaged_shards):
+                log.warning("eval task %s: %d samples read, the suite expects %d", spec.name, seen, spec.size)
+            results[spec.name] = {
+                "type": spec.type,
+                "main_metric": spec.main_metric,
+                "score": result.metrics[spec.main_metric],
+                "metrics": result.metrics,
+                "chance": spec.chance,
+                "groups": list(spec.groups),
+                "version": spec.version,
+                "dataset": data.folder.name,
+                "num_samples": result.num_samples,
+                "skipped": skipped.total,
+                "skipped_reasons": dict(skipped.reasons),
+                "damaged_shards": list(skipped.damaged_shards),
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+    return results

@@ -1,0 +1,260 @@
+"""Suites as data: a YAML file (Hydra group ``eval``) lists tasks; loading it checks every task folder.
+
+    name: world
+    version: 1
+    missing_hint: generate the world with `siftbench world`     # optional: how to get absent data
+    tasks:
+      - {name: shapes, path: shapes, type: zeroshot_classification, main_metric: acc1, groups: [headline], version: 1}
+
+Per task: ``name``, ``path`` (relative to the root folder given at run time), ``type`` (a registered
+task type), ``main_metric``, ``version`` (int; bump on ANY change to the task's data or metric, so a
+score never silently changes meaning), and optionally ``chance`` (default 1/num_classes for
+classification), ``groups`` (tags averaged together), ``source`` (where to download the folder),
+``size`` (expected samples, a check), ``needs`` (why siftbench cannot score it yet: listed, never run).
+
+Loading fails early, before anyone trains a model for an hour, on anything the evaluation would trip
+over later: unknown keys or types, a main metric the task cannot produce, a folder without
+clip_benchmark's layout, a missing folder (unless ``allow_missing``, which skips and reports it).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from siftbench.benchmark.core.errors import ConfigError
+
+from .data import EvalDataError, MissingDatasetError, TaskData, open_task
+from .tasks import TASK_TYPES
+
+log = logging.getLogger(__name__)
+
+SUITE_DIR = Path(str(files("siftbench.configs") / "eval"))
+_SUITE_KEYS = {"name", "version", "tasks", "description", "missing_hint"}
+_TASK_REQUIRED = ("name", "path", "type", "main_metric", "version")
+_TASK_OPTIONAL = {"chance", "groups", "source", "size", "needs", "description"}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    path: str
+    type: str
+    main_metric: str
+    version: int
+    chance: float | None = None
+    groups: tuple[str, ...] = ()
+    source: str | None = None
+    size: int | None = None
+    needs: str | None = None
+    description: str | None = None
+
+
+@dataclass
+class Suite:
+    """A loaded suite: the tasks that will run (folders checked) and the ones skipped, with why."""
+
+    name: str
+    version: int
+    root: Path
+    hash: str  # of the definition (names, paths, types, metrics, versions, groups, chance)
+    tasks: list[TaskSpec]
+    data: dict[str, TaskData] = field(repr=False)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        """The ``suite`` block of results.json: what a score was measured on."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "hash": self.hash,
+            "tasks": {t.name: t.version for t in self.tasks},
+            "skipped": dict(self.skipped),
+        }
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem for p in SUITE_DIR.glob("*.yaml"))
+
+
+def load_suite(name_or_path: str | Path, root: str | Path, allow_missing: bool = False) -> Suite:
+    """A suite by name (``configs/eval/<name>.yaml``) or YAML path, with task folders under ``root``."""
+    import yaml
+
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = SUITE_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            close = difflib.get_close_matches(str(name_or_path), available_suites(), n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ConfigError(
+                f"Unknown eval suite {str(name_or_path)!r}.{hint} Available: {', '.join(available_suites())} "
+                "(or give the path of a suite YAML file)"
+            )
+    if not path.is_file():
+        raise ConfigError(f"eval suite file {path} does not exist")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    return suite_from_config(config, root, allow_missing=allow_missing, where=str(path))
+
+
+def suite_from_config(
+    config: Mapping[str, Any], root: str | Path, allow_missing: bool = False, where: str = "eval suite"
+) -> Suite:
+    """Build a Suite from a plain mapping (e.g. the Hydra-composed ``cfg.eval`` as a dict)."""
+    root = Path(root)
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with name, version and tasks")
+    unknown = set(config) - _SUITE_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_SUITE_KEYS)}")
+    for key, kind in (("name", str), ("version", int), ("tasks", list)):
+        if not isinstance(config.get(key), kind):
+            raise ConfigError(f"{where}: {key!r} must be a {kind.__name__}, got {config.get(key)!r}")
+    specs = [_task_spec(entry, f"{where}: task #{i}") for i, entry in enumerate(config["tasks"])]
+    names = [s.name for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{where}: task name(s) {duplicates} appear more than once")
+    if not specs:
+        raise ConfigError(f"{where}: no tasks")
+
+    runnable: list[TaskSpec] = []
+    data: dict[str, TaskData] = {}
+    skipped: dict[str, str] = {}
+    missing: list[TaskSpec] = []
+    for spec in specs:
+        if spec.needs:
+            skipped[spec.name] = f"not supported: {spec.needs}"
+            continue
+        try:
+            task_data = open_task(root / spec.path)
+        except MissingDatasetError:
+            missing.append(spec)
+            continue
+        except EvalDataError as e:
+            raise EvalDataError(f"{where}: task {spec.name!r}: {e}") from None
+        data[spec.name] = task_data
+        runnable.append(_check_task(spec, task_data, where))
+    if missing and not allow_missing:
+        raise MissingDatasetError(_missing_message(config, missing, root, where))
+    for spec in missing:
+        skipped[spec.name] = f"missing: {root / spec.path}"
+        log.warning("eval task %s skipped: folder %s is missing", spec.name, root / spec.path)
+    return Suite(
+        name=config["name"],
+        version=config["version"],
+        root=root,
+        hash=_definition_hash(config["name"], config["version"], specs),
+        tasks=runnable,
+        data=data,
+        skipped=skipped,
+    )
+
+
+def _task_spec(entry: Any, where: str) -> TaskSpec:
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {entry!r}")
+    where = f"{where} ({entry.get('name', '?')})"
+    missing = [k for k in _TASK_REQUIRED if k not in entry]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {missing}; required: {list(_TASK_REQUIRED)}")
+    unknown = set(entry) - set(_TASK_REQUIRED) - _TASK_OPTIONAL
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {sorted(unknown)}; allowed: {[*_TASK_REQUIRED, *sorted(_TASK_OPTIONAL)]}"
+        )
+    if not isinstance(entry["version"], int) or isinstance(entry["version"], bool):
+        raise ConfigError(f"{where}: version must be an int (bump it on any change), got {entry['version']!r}")
+    groups = entry.get("groups") or ()
+    if isinstance(groups, str) or not all(isinstance(g, str) for g in groups):
+        raise ConfigError(f"{where}: groups must be a list of tags, got {groups!r}")
+    chance = entry.get("chance")
+    if chance is not None and not (isinstance(chance, int | float) and 0 <= chance <= 1):
+        raise ConfigError(f"{where}: chance must be a number in [0, 1], got {chance!r}")
+    if not entry.get("needs"):
+        TASK_TYPES.get(str(entry["type"]))  # unknown type: ConfigError with did-you-mean
+    return TaskSpec(
+        name=str(entry["name"]),
+        path=str(entry["path"]),
+        type=str(entry["type"]),
+        main_metric=str(entry["main_metric"]),
+        version=entry["version"],
+        chance=None if chance is None else float(chance),
+        groups=tuple(groups),
+        source=entry.get("source"),
+        size=entry.get("size"),
+        needs=entry.get("needs"),
+        description=entry.get("description"),
+    )
+
+
+def _check_task(spec: TaskSpec, data: TaskData, where: str) -> TaskSpec:
+    """The folder fits the task type and the main metric exists; fill in the default chance level."""
+    task = TASK_TYPES.get(spec.type)()
+    if data.dataset_type != task.dataset_type:
+        raise EvalDataError(
+            f"{where}: task {spec.name!r} is {spec.type} but {data.folder} holds a {data.dataset_type} "
+            f"dataset (dataset_type.txt {'says so' if data.dataset_type == 'retrieval' else 'is absent'}); "
+            "fix the task's type or the folder"
+        )
+    metrics = task.metric_names(data)
+    if spec.main_metric not in metrics:
+        classes = f" with {len(data.classnames)} classes" if data.classnames else ""
+        raise ConfigError(
+            f"{where}: task {spec.name!r} main_metric {spec.main_metric!r} is not one of {list(metrics)}, "
+            f"the metrics of {spec.type}{classes}"
+        )
+    if spec.chance is None and data.classnames:
+        per_guess = 5 if spec.main_metric == "acc5" else 1
+        return replace(spec, chance=min(1.0, per_guess / len(data.classnames)))
+    return spec
+
+
+def _missing_message(config: Mapping[str, Any], missing: list[TaskSpec], root: Path, where: str) -> str:
+    lines = [f"{where}: {len(missing)} eval task folder(s) missing under {root}:"]
+    for spec in missing:
+        lines.append(f"  {spec.name}: {root / spec.path}" + (f"  (get it from {spec.source})" if spec.source else ""))
+    if config.get("missing_hint"):
+        lines.append(str(config["missing_hint"]).strip())
+    lines.append("Or pass allow_missing=True to skip them (the results then say which were skipped).")
+    return "\n".join(lines)
+
+
+def _definition_hash(name: str, version: int, specs: list[TaskSpec]) -> str:
+    # Only what changes a score or an average; descriptions and download hints can change freely.
+    scoring = ("name", "path", "type", "main_metric", "version", "chance", "groups", "needs")
+    tasks = [{k: v for k, v in asdict(s).items() if k in scoring} for s in specs]
+    blob = json.dumps({"name": name, "version": version, "tasks": tasks}, sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def summarize(tasks: Mapping[str, Mapping[str, Any]], suite: Suite | None = None) -> dict[str, Any]:
+    """Unweighted mean of the main metrics, and the mean per group tag (DataComp's ``average``)."""
+    scores = {name: float(entry["score"]) for name, entry in tasks.items()}
+    groups: dict[str, list[float]] = {}
+    for name, entry in tasks.items():
+        for tag in entry.get("groups") or ():
+            groups.setdefault(tag, []).append(scores[name])
+    summary: dict[str, Any] = {
+        "average": _mean(list(scores.values())),
+        "groups": {tag: _mean(values) for tag, values in groups.items()},
+        "num_tasks": len(scores),
+    }
+    if suite is not None:
+        summary["skipped"] = dict(suite.skipped)
+    return summary
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values) if values else float("nan")

@@ -1,0 +1,287 @@
+"""Eval suites end to end: a tiny clip_benchmark-layout folder, a random siftbench-tiny, clear errors."""
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("open_clip")
+
+from PIL import Image  # noqa: E402
+
+from siftbench.benchmark.core.errors import ConfigError, StageError  # noqa: E402
+from siftbench.eval_suite import (  # noqa: E402
+    TASK_TYPES,
+    EvalDataError,
+    EvalTask,
+    MissingDatasetError,
+    TaskResult,
+    evaluate_model,
+    load_suite,
+    open_task,
+    summarize,
+)
+from siftbench.eval_suite.data import SkipCounter, iter_samples  # noqa: E402
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+
+
+def png(rgb: tuple[int, int, int], size: int = 32) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+
+
+def write_task(folder: Path, shards: list[list[tuple[str, bytes]]], classnames=None, templates=None,
+               retrieval: bool = False) -> Path:
+    """A task folder in clip_benchmark's layout, member by member (so tests can plant damage)."""
+    (folder / "test").mkdir(parents=True)
+    for i, members in enumerate(shards):
+        write_tar(folder / "test" / f"{i}.tar", members)
+    (folder / "test" / "nshards.txt").write_text(f"{len(shards)}\n")
+    if retrieval:
+        (folder / "dataset_type.txt").write_text("retrieval\n")
+    if classnames is not None:
+        (folder / "classnames.txt").write_text("".join(f"{c}\n" for c in classnames))
+    if templates is not None:
+        (folder / "zeroshot_classification_templates.txt").write_text("".join(f"{t}\n" for t in templates))
+    return folder
+
+
+def colour_task(folder: Path, per_class: int = 3, damage: bool = False) -> Path:
+    """3 classes over 2 shards; with ``damage``: one undecodable image and one out-of-range label."""
+    names = list(COLOURS)
+    samples = [(f"s{c}{i}", png(COLOURS[n]), str(c)) for i in range(per_class) for c, n in enumerate(names)]
+    shards: list[list[tuple[str, bytes]]] = [[], []]
+    for j, (key, image, label) in enumerate(samples):
+        shards[j % 2] += [(f"{key}.png", image), (f"{key}.cls", label.encode())]
+    if damage:
+        shards[1] += [("bad0.png", b"\x89PNG not really"), ("bad0.cls", b"0")]
+        shards[1] += [("bad1.png", png((1, 2, 3))), ("bad1.cls", b"7")]
+    return write_task(folder, shards, classnames=names, templates=["a {c} square.", "something {c}."])
+
+
+def caption_task(folder: Path) -> Path:
+    members = []
+    for i, (name, rgb) in enumerate(COLOURS.items()):
+        members += [(f"r{i}.png", png(rgb)), (f"r{i}.txt", f"a {name} square\na square that is {name}".encode())]
+    return write_task(folder, [members], retrieval=True)
+
+
+SUITE_YAML = """
+name: tiny
+version: 3
+tasks:
+  - {name: colours, path: colours, type: zeroshot_classification, main_metric: acc1, groups: [headline], version: 1}
+  - {name: colours_balanced, path: colours, type: zeroshot_classification, main_metric: mean_per_class_recall, groups: [headline, fine], version: 2}
+  - {name: captions, path: captions, type: zeroshot_retrieval, main_metric: mean_recall@1, groups: [retrieval], version: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from siftbench.benchmark.models import load_model
+
+    torch.manual_seed(0)
+    return load_model("siftbench-tiny")
+
+
+@pytest.fixture
+def eval_root(tmp_path: Path) -> Path:
+    root = tmp_path / "eval"
+    colour_task(root / "colours", damage=True)
+    caption_task(root / "captions")
+    (tmp_path / "tiny.yaml").write_text(SUITE_YAML)
+    return root
+
+
+def test_evaluate_model_end_to_end(tiny_model, eval_root: Path):
+    suite = load_suite(eval_root.parent / "tiny.yaml", eval_root)
+    assert [t.name for t in suite.tasks] == ["colours", "colours_balanced", "captions"]
+    tasks = evaluate_model(*tiny_model, suite, batch_size=4, progress=False)
+    assert list(tasks) == ["colours", "colours_balanced", "captions"]
+    for name, entry in tasks.items():
+        assert {"type", "main_metric", "score", "metrics", "chance", "groups", "version", "dataset",
+                "num_samples", "skipped"} <= set(entry), name
+        assert entry["score"] == entry["metrics"][entry["main_metric"]]
+        assert all(0.0 <= v <= 1.0 for v in entry["metrics"].values()), entry["metrics"]
+    colours = tasks["colours"]
+    assert colours["num_samples"] == 9 and colours["dataset"] == "colours" and colours["version"] == 1
+    assert colours["skipped"] == 2
+    assert colours["skipped_reasons"] == {"undecodable_image": 1, "bad_label": 1}
+    assert "acc5" not in colours["metrics"]  # 3 classes
+    assert colours["chance"] == pytest.approx(1 / 3)
+    assert tasks["colours_balanced"]["main_metric"] == "mean_per_class_recall"
+    captions = tasks["captions"]
+    assert captions["num_samples"] == 3 and captions["skipped"] == 0 and captions["chance"] is None
+    assert captions["score"] == pytest.approx(
+        (captions["metrics"]["image_retrieval_recall@1"] + captions["metrics"]["text_retrieval_recall@1"]) / 2
+    )
+    assert captions["metrics"]["image_retrieval_recall@5"] == 1.0  # only 3 images to rank
+
+    summary = summarize(tasks, suite)
+    scores = [e["score"] for e in tasks.values()]
+    assert summary["average"] == pytest.approx(sum(scores) / 3)
+    assert summary["groups"]["headline"] == pytest.approx((scores[0] + scores[1]) / 2)
+    assert summary["groups"]["retrieval"] == pytest.approx(scores[2])
+    assert summary["skipped"] == {}
+    assert suite.identity()["tasks"] == {"colours": 1, "colours_balanced": 2, "captions": 1}
+
+
+def test_results_do_not_depend_on_batch_size_or_workers(tiny_model, eval_root: Path):
+    suite = load_suite(eval_root.parent / "tiny.yaml", eval_root)
+    one = evaluate_model(*tiny_model, suite, batch_size=256, progress=False)
+    other = evaluate_model(*tiny_model, suite, batch_size=2, progress=False, num_workers=2)
+    for name in one:
+        assert one[name]["metrics"] == pytest.approx(other[name]["metrics"], abs=1e-9), name
+        assert one[name]["skipped_reasons"] == other[name]["skipped_reasons"]
+
+
+def test_a_new_task_type_plugs_in(tiny_model, tmp_path: Path):
+    @TASK_TYPES.register("test_count_images")
+    class CountImages(EvalTask):
+        dataset_type = "classification"
+
+        def metric_names(self, data):
+            return ("fraction_kept",)
+
+        def evaluate(self, model, preprocess, tokenizer, data, **_):
+            skipped = SkipCounter()
+            n = sum(1 for _ in iter_samples(data, skipped=skipped))
+            return TaskResult({"fraction_kept": n / (n + skipped.total)}, n, skipped)
+
+    colour_task(tmp_path / "colours", damage=True)
+    (tmp_path / "s.yaml").write_text(
+        "name: s\nversion: 1\ntasks:\n"
+        "  - {name: c, path: colours, type: test_count_images, main_metric: fraction_kept, version: 1}\n"
+    )
+    tasks = evaluate_model(*tiny_model, load_suite(tmp_path / "s.yaml", tmp_path), progress=False)
+    assert tasks["c"]["score"] == pytest.approx(10 / 11)  # the out-of-range label is not counted as usable
+
+
+def test_damaged_tar_is_reported_by_shard(tmp_path: Path):
+    folder = colour_task(tmp_path / "colours")
+    shard = folder / "test" / "1.tar"
+    # 2048 bytes per sample (header + block for .png and .cls): cut after the second sample's image
+    shard.write_bytes(shard.read_bytes()[: 2048 + 1024 + 100])
+    skipped = SkipCounter()
+    samples = list(iter_samples(open_task(folder), skipped=skipped))
+    assert skipped.damaged_shards == ["1.tar"]
+    assert len(samples) == 5 + 1  # shard 0 whole, shard 1's first sample
+    assert skipped.reasons == {"no_label": 1}  # the sample cut in half
+
+
+def test_missing_classnames(tmp_path: Path):
+    folder = colour_task(tmp_path / "colours")
+    (folder / "classnames.txt").unlink()
+    with pytest.raises(EvalDataError, match=r"colours: no classnames.txt"):
+        open_task(folder)
+
+
+def test_missing_nshards(tmp_path: Path):
+    folder = colour_task(tmp_path / "colours")
+    (folder / "test" / "nshards.txt").unlink()
+    with pytest.raises(EvalDataError, match=r"colours: no test/nshards.txt"):
+        open_task(folder)
+
+
+def test_nshards_must_match_the_tars(tmp_path: Path):
+    folder = colour_task(tmp_path / "colours")
+    (folder / "test" / "nshards.txt").write_text("3\n")
+    with pytest.raises(EvalDataError, match=r"says 3 shard\(s\) but 2.tar missing"):
+        open_task(folder)
+    (folder / "test" / "nshards.txt").write_text("1\n")
+    with pytest.raises(EvalDataError, match=r"1.tar not counted in it"):
+        open_task(folder)
+
+
+def test_missing_folder_is_an_error_unless_allowed(eval_root: Path):
+    yaml_file = eval_root.parent / "tiny.yaml"
+    yaml_file.write_text(SUITE_YAML + "  - {name: gone, path: gone, type: zeroshot_retrieval, "
+                         "main_metric: mean_recall@1, version: 1, source: hf://datasets/x/gone}\n")
+    with pytest.raises(MissingDatasetError, match=r"(?s)gone: .*eval/gone.*hf://datasets/x/gone.*allow_missing"):
+        load_suite(yaml_file, eval_root)
+    suite = load_suite(yaml_file, eval_root, allow_missing=True)
+    assert [t.name for t in suite.tasks] == ["colours", "colours_balanced", "captions"]
+    assert suite.skipped == {"gone": f"missing: {eval_root / 'gone'}"}
+    assert suite.identity()["skipped"] == suite.skipped
+
+
+@pytest.mark.parametrize(
+    ("task", "error", "message"),
+    [
+        ("{name: c, path: colours, type: zeroshot_classification, main_metric: acc5, version: 1}",
+         ConfigError, "main_metric 'acc5' is not one of .* with 3 classes"),
+        ("{name: c, path: colours, type: zeroshot_clasification, main_metric: acc1, version: 1}",
+         ConfigError, "Did you mean 'zeroshot_classification'"),
+        ("{name: c, path: colours, type: zeroshot_retrieval, main_metric: mean_recall@1, version: 1}",
+         EvalDataError, "holds a classification dataset"),
+        ("{name: c, path: colours, type: zeroshot_classification, main_metrc: acc1, version: 1}",
+         ConfigError, "missing key.*main_metric"),
+        ("{name: c, path: colours, type: zeroshot_classification, main_metric: acc1, version: '1'}",
+         ConfigError, "version must be an int"),
+    ],
+)
+def test_suite_definition_errors(tmp_path: Path, task: str, error: type, message: str):
+    colour_task(tmp_path / "colours")
+    (tmp_path / "s.yaml").write_text(f"name: s\nversion: 1\ntasks:\n  - {task}\n")
+    with pytest.raises(error, match=message):
+        load_suite(tmp_path / "s.yaml", tmp_path)
+
+
+def test_unknown_suite_name(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"Unknown eval suite 'wrold'\. Did you mean 'world'"):
+        load_suite("wrold", tmp_path)
+
+
+def test_shipped_world_suite(tmp_path: Path):
+    for name in ("shapes", "colours", "shape_colour", "tail_shapes", "digits_real"):
+        colour_task(tmp_path / name)
+    caption_task(tmp_path / "retrieval")
+    suite = load_suite("world", tmp_path)
+    assert [t.name for t in suite.tasks] == ["shapes", "colours", "shape_colour", "tail_shapes", "retrieval",
+                                             "digits_real"]
+    assert {t.name: t.main_metric for t in suite.tasks}["shape_colour"] == "mean_per_class_recall"
+    assert "headline" not in next(t for t in suite.tasks if t.name == "colours").groups
+    assert suite.identity()["hash"] == load_suite("world", tmp_path).identity()["hash"]
+
+
+def test_shipped_datacomp_suite(tmp_path: Path):
+    with pytest.raises(MissingDatasetError, match=r"(?s)34 eval task folder.*wds_cars_test.*download_evalsets.py"):
+        load_suite("datacomp", tmp_path)
+    suite = load_suite("datacomp", tmp_path, allow_missing=True)
+    assert suite.tasks == [] and len(suite.skipped) == 38
+    unsupported = sorted(k for k, why in suite.skipped.items() if why.startswith("not supported"))
+    assert unsupported == ["fairness/dollar_street", "fairness/geode", "wilds/fmow", "winogavil"]
+    # A downloaded task is checked like any other folder.
+    colour_task(tmp_path / "wds_vtab-pets_test")
+    suite = load_suite("datacomp", tmp_path, allow_missing=True)
+    assert [(t.name, t.main_metric) for t in suite.tasks] == [("vtab/pets", "mean_per_class_recall")]
+
+
+def test_evaluate_checkpoint_round_trip_and_mismatch(tiny_model, eval_root: Path, tmp_path: Path):
+    from siftbench.benchmark.evaluate import evaluate_checkpoint
+
+    model = tiny_model[0]
+    suite = load_suite(eval_root.parent / "tiny.yaml", eval_root)
+    checkpoint = tmp_path / "epoch_1.pt"
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, checkpoint)
+    direct = evaluate_model(*tiny_model, suite, progress=False)
+    loaded = evaluate_checkpoint("siftbench-tiny", checkpoint, suite, progress=False)
+    assert {k: v["metrics"] for k, v in loaded.items()} == {k: v["metrics"] for k, v in direct.items()}
+
+    state = model.state_dict()
+    state["text_projection"] = torch.zeros(3, 3)
+    torch.save(state, checkpoint)
+    with pytest.raises(StageError, match="does not fit architecture 'siftbench-tiny'"):
+        evaluate_checkpoint("siftbench-tiny", checkpoint, suite, progress=False)
