@@ -25,8 +25,9 @@ PLACEHOLDER = "__SIFTBENCH_LEADERBOARD_DATA__"
 ASSETS = ("app.js", "style.css")
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "base-uri 'none'; form-action 'none'"
 )
+CSP_HEADER = CSP + "; frame-ancestors 'none'"  # browsers honour frame-ancestors only as a header
 MAX_PLOTTED_ENTRIES = 6  # the per-task plot compares the top entries; more markers are unreadable
 
 
@@ -176,7 +177,7 @@ def _task_plot(plt: Any, board: Board, path: Path) -> Path:
 
 class _Handler(SimpleHTTPRequestHandler):
     def end_headers(self) -> None:
-        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("Content-Security-Policy", CSP_HEADER)
         self.send_header("X-Content-Type-Options", "nosniff")
         super().end_headers()
 

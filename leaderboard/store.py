@@ -201,14 +201,16 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[str] = MIGRATIONS, wh
 
 def _statements(script: str) -> Iterator[str]:
     # executescript() would COMMIT our transaction first; split the script so each step stays atomic.
+    # Migration steps keep '--' for comments only (never inside a string literal).
+    text = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
     buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line.split("--", 1)[0] if "--" in line else line
+    for piece in text.split(";"):
+        buffer += piece + ";"
         if sqlite3.complete_statement(buffer):
-            if buffer.strip():
+            if buffer.strip(" \n\t;"):
                 yield buffer.strip()
             buffer = ""
-    if buffer.strip():
+    if buffer.strip(" \n\t;"):
         raise StoreError(f"migration step ends in an incomplete statement: {buffer.strip()[:80]!r}")
 
 

@@ -292,5 +292,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def concurrent_submit_worker(barrier: Any, argv: list[str], log_path: str) -> None:
+    """One `siftbench submit` process for the concurrency test: wait for the others, then submit."""
+    import contextlib
+    import traceback
+
+    from siftbench.leaderboard import cli
+
+    code = 1
+    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            barrier.wait(timeout=120)
+            code = cli.main(argv, submit_kwargs=FAKES)
+        except BaseException:
+            traceback.print_exc()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
     sys.exit(main())
