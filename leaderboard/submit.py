@@ -67,7 +67,7 @@ def submit(
     """Validate the runs (seeds of one entry) and store them; raise SubmissionRefused naming the rule.
 
     ``reevaluate``: HARNESS re-runs siftbench's evaluation on toy/tiny checkpoints; a callable
-    ``(run_dir, results) -> {task: score}`` replaces it; None skips it (the entry is shown as not
+    ``(run_dir, results, eval_root) -> {task: score}`` replaces it; None skips it (the entry is shown as not
     re-evaluated). Other scales are never re-evaluated (they need a GPU box).
     """
     if not run_dirs:
@@ -77,8 +77,7 @@ def submit(
     name, track = check_name(name), check_track(track)
     store_path = Path(store_path) if store_path is not None else store.default_store_path()
     if reevaluate == HARNESS:
-        root = Path(suite_root) if suite_root else None
-        reevaluate = lambda run_dir, results: harness_reevaluate(run_dir, results, root)  # noqa: E731
+        reevaluate = harness_reevaluate
     index_cache = store_path.with_name(store_path.name + "-uid-index")
     checked: dict[str, CheckedRun] = {}
     for run_dir in run_dirs:
@@ -90,6 +89,7 @@ def submit(
             check_scale_fn=check_scale,
             suite_versions=suite_versions,
             reevaluate=reevaluate if callable(reevaluate) else None,
+            suite_root=Path(suite_root) if suite_root else None,
         )
         checked.setdefault(run.run_key, run)  # the same run listed twice is one run
     runs = list(checked.values())

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from siftbench.benchmark.core.errors import SiftbenchError
+from siftbench.benchmark.core.errors import ConfigError, SiftbenchError
 from siftbench.benchmark.core.results import SCHEMA_VERSION, ResultsError, validate_results
 from siftbench.benchmark.core.uids import file_sha256, isin_uids, read_subset, uids_to_hex
 
@@ -64,8 +64,9 @@ MAX_NAME_LENGTH = 120
 
 ScaleChecker = Callable[[Mapping[str, Any], str], list[str]]
 SuiteVersions = Callable[[str], Mapping[str, Any] | None]
-# (run_dir, results) -> {task: main-metric score}; must never unpickle the checkpoint.
-Reevaluator = Callable[[Path, Mapping[str, Any]], Mapping[str, float]]
+# (run_dir, results, eval_root) -> {task: main-metric score}; must never unpickle the checkpoint.
+# eval_root is the operator's copy of the suite's datasets (never a path taken from the submission).
+Reevaluator = Callable[[Path, Mapping[str, Any], Path | None], Mapping[str, float]]
 
 
 class SubmissionRefused(SiftbenchError):
@@ -455,6 +456,59 @@ def pool_uid_index(pool_root: Path, cache_dir: Path | None = None) -> np.ndarray
     return index
 
 
+def pool_fingerprint(pool_root: Path) -> str:
+    """sha256 of the metadata files' names and row counts: what results.json's pool.hash records for a
+    pool that is not the embedded world (the runner's ``pool_identity``)."""
+    import pyarrow.parquet as pq
+
+    h = hashlib.sha256()
+    for f in sorted((pool_root / "metadata").glob("*.parquet")):
+        h.update(f"{f.name}:{pq.ParquetFile(f).metadata.num_rows}\n".encode())
+    return h.hexdigest()
+
+
+def check_pool_identity(results: Mapping[str, Any], pool_root: Path, run_dir: Path) -> Path | None:
+    """The pool the uids are checked against is the one the run (and so its board) names.
+
+    For the embedded world, the world's manifest beside the pool must carry the recorded hash; returns
+    that world's folder, whose eval/ holds the datasets to re-evaluate with.
+    """
+    recorded = str(_get(results, "pool.hash", (str, int), run_dir))
+    world = results.get("world")
+    fix = "pass --pool with the pool this run selected from (for the embedded world: <world>/pool)"
+    if world:
+        manifest_path = pool_root.parent / "world.json"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            raise SubmissionRefused(
+                run_dir,
+                "pool",
+                f"results.json names world {world.get('hash')!r}, but {pool_root} is not a "
+                "world's pool (no readable world.json beside it)",
+                fix,
+            ) from None
+        have = str(manifest.get("content_hash"))
+        if have != str(world.get("hash")) or have != recorded:
+            raise SubmissionRefused(
+                run_dir,
+                "pool",
+                f"the world at {pool_root.parent} has hash {have[:16]}, results.json records "
+                f"world {str(world.get('hash'))[:16]} and pool {recorded[:16]}",
+                fix,
+            )
+        return pool_root.parent
+    have = pool_fingerprint(pool_root)
+    if have != recorded:
+        raise SubmissionRefused(
+            run_dir,
+            "pool",
+            f"pool {pool_root} has fingerprint {have[:16]}, results.json records {recorded[:16]}",
+            fix,
+        )
+    return None
+
+
 def check_in_pool(uids: np.ndarray, index: np.ndarray, run_dir: Path, pool_root: Path) -> None:
     inside = isin_uids(uids, index)
     if not inside.all():
@@ -494,17 +548,22 @@ def checkpoint_path(results: Mapping[str, Any], run_dir: Path) -> Path:
     return path
 
 
-def harness_reevaluate(
-    run_dir: Path, results: Mapping[str, Any], suite_root: Path | None = None
-) -> dict[str, float]:
-    """Re-run the harness's own evaluation on the submitted checkpoint (needs siftbench[ml])."""
+def harness_reevaluate(run_dir: Path, results: Mapping[str, Any], eval_root: Path | None) -> dict[str, float]:
+    """Re-run the harness's own evaluation on the submitted checkpoint (needs siftbench[ml]).
+
+    The checkpoint is loaded with ``torch.load(weights_only=True)`` by ``models.load_model``: data, not code.
+    """
+    if eval_root is None:
+        raise ConfigError(
+            "no eval datasets to re-evaluate with: pass --suite-root (for the embedded world it is found "
+            "beside the verified pool)"
+        )
     from siftbench.benchmark.evaluate import evaluate_checkpoint
     from siftbench.eval_suite import load_suite
 
-    root = suite_root or results["suite"].get("root")
-    suite = load_suite(results["suite"]["name"], root)
-    out = evaluate_checkpoint(results["model"]["arch"], checkpoint_path(results, run_dir), suite)
-    return task_scores(out)
+    suite = load_suite(results["suite"]["name"], root=eval_root)
+    arch, checkpoint = results["model"]["arch"], checkpoint_path(results, run_dir)
+    return task_scores(evaluate_checkpoint(arch, checkpoint, suite, progress=False))
 
 
 def task_scores(out: Any) -> dict[str, float]:
@@ -513,7 +572,9 @@ def task_scores(out: Any) -> dict[str, float]:
     return {t: float(e["score"] if isinstance(e, Mapping) else e) for t, e in tasks.items()}
 
 
-def check_reevaluation(results: Mapping[str, Any], run_dir: Path, reevaluate: Reevaluator) -> float:
+def check_reevaluation(
+    results: Mapping[str, Any], run_dir: Path, reevaluate: Reevaluator, eval_root: Path | None
+) -> float:
     """Re-evaluate the checkpoint and compare every task score; return the largest difference."""
     checkpoint_path(results, run_dir)
     arch = _get(results, "model.arch", str, run_dir)
@@ -525,7 +586,7 @@ def check_reevaluation(results: Mapping[str, Any], run_dir: Path, reevaluate: Re
             "record a registered architecture name, e.g. siftbench-tiny",
         )
     try:
-        fresh = reevaluate(run_dir, results)
+        fresh = reevaluate(run_dir, results, eval_root)
     except ImportError as e:
         raise SubmissionRefused(
             run_dir,
@@ -570,12 +631,18 @@ def check_reevaluation(results: Mapping[str, Any], run_dir: Path, reevaluate: Re
 
 
 def eval_copies_kept(results: Mapping[str, Any]) -> int | None:
-    """Planted eval copies the subset kept (embedded world only): an int, or a per-task dict summed."""
+    """Planted eval-image copies the subset kept (embedded world only; None when unknown).
+
+    Read from ``diagnostics.contamination_kept`` ({task: {"planted", "kept"}}, what the world reports) or
+    ``diagnostics.eval_copies_kept`` (a count, or {task: count}).
+    """
     if not results.get("world"):
         return None
-    kept = (results.get("diagnostics") or {}).get("eval_copies_kept")
+    diagnostics = results.get("diagnostics") or {}
+    kept = diagnostics.get("contamination_kept", diagnostics.get("eval_copies_kept"))
     if isinstance(kept, Mapping):
-        kept = sum(v for v in kept.values() if isinstance(v, int | float))
+        counts = [v.get("kept") if isinstance(v, Mapping) else v for v in kept.values()]
+        kept = sum(c for c in counts if isinstance(c, int | float) and not isinstance(c, bool))
     return int(kept) if isinstance(kept, int | float) and not isinstance(kept, bool) else None
 
 
@@ -588,8 +655,12 @@ def check_run(
     check_scale_fn: ScaleChecker = shipped_check_scale,
     suite_versions: SuiteVersions = shipped_suite_versions,
     reevaluate: Reevaluator | None = None,
+    suite_root: Path | None = None,
 ) -> CheckedRun:
-    """Apply every rule to one run folder; return what to store, or raise SubmissionRefused."""
+    """Apply every rule to one run folder; return what to store, or raise SubmissionRefused.
+
+    ``suite_root``: the eval datasets for re-evaluation; by default the verified world's eval/ folder.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SubmissionRefused(
@@ -605,6 +676,7 @@ def check_run(
     suite_tasks = check_suite(results, run_dir, suite_versions(suite_name))
     check_scores(results, run_dir)
     uids, subset_sha, n_unique = check_subset(results, run_dir)
+    world_root = None
     if track == "filtering":
         root = pool_root
         if root is None:
@@ -614,14 +686,16 @@ def check_run(
             raise SubmissionRefused(
                 run_dir,
                 "pool",
-                f"pool {root} (from results.json pool.path) has no metadata/ folder",
+                f"pool {root} has no metadata/ folder",
                 "pass --pool POOL_DIR: the pool the filtering track selects from",
             )
+        world_root = check_pool_identity(results, root, run_dir)
         index = pool_index(root) if pool_index else pool_uid_index(root)
         check_in_pool(uids, index, run_dir, root)
     reeval_diff = None
     if scale in CPU_SCALES and reevaluate is not None:
-        reeval_diff = check_reevaluation(results, run_dir, reevaluate)
+        eval_root = suite_root or (world_root / "eval" if world_root else None)
+        reeval_diff = check_reevaluation(results, run_dir, reevaluate, eval_root)
     world = results.get("world") or {}
     board = BoardKey(
         scale=scale,

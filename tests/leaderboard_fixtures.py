@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from siftbench.benchmark.core.results import SCHEMA_VERSION, validate_results
 from siftbench.benchmark.core.uids import file_sha256, hex_to_uids, write_subset
-from siftbench.leaderboard.validate import diff_hyperparameters
+from siftbench.leaderboard.validate import diff_hyperparameters, pool_fingerprint
 
 # The fixture's own scale table, so tests do not depend on configs/scale/*.yaml being written yet.
 SCALES: dict[str, dict[str, Any]] = {
@@ -77,7 +77,7 @@ def fixture_suite_versions(name: str) -> dict[str, int] | None:
     return dict(TASKS) if name == SUITE["name"] else None
 
 
-def fake_reevaluate(run_dir: Path, results: Mapping[str, Any]) -> dict[str, float]:
+def fake_reevaluate(run_dir: Path, results: Mapping[str, Any], eval_root: Path | None) -> dict[str, float]:
     """Read the scores a fixture checkpoint holds (JSON, never a pickle)."""
     checkpoint = run_dir / results["model"]["checkpoint"]
     return {t: float(s) for t, s in json.loads(checkpoint.read_text())["scores"].items()}
@@ -91,8 +91,11 @@ FAKES: dict[str, Any] = {
 }
 
 
-def make_pool(root: Path, n: int = 200, seed: int = 0) -> Path:
-    """A pool in DataComp's metadata layout: two parquet shards of random 128-bit hex uids."""
+def make_pool(root: Path, n: int = 200, seed: int = 0, world: Mapping[str, Any] | None = WORLD) -> Path:
+    """A pool in DataComp's metadata layout: two parquet shards of random 128-bit hex uids.
+
+    With ``world``, a world.json beside it makes it the pool of that (pretend) embedded world.
+    """
     rng = np.random.default_rng(seed)
     words = rng.integers(0, 2**63, size=(n, 2), dtype=np.uint64)
     uids = [f"{hi:016x}{lo:016x}" for hi, lo in words]
@@ -101,6 +104,10 @@ def make_pool(root: Path, n: int = 200, seed: int = 0) -> Path:
     for i, part in enumerate((uids[:half], uids[half:])):
         table = pa.table({"uid": part, "text": [f"a photo of thing {j}" for j in range(len(part))]})
         pq.write_table(table, root / "metadata" / f"{i:08d}.parquet")
+    if world:
+        (root.parent / "world.json").write_text(
+            json.dumps({"content_hash": world["hash"], "version": world["version"]})
+        )
     return root
 
 
@@ -175,7 +182,11 @@ def make_run(
             "sha256": file_sha256(run_dir / "subset.npy"),
             "missing_from_pool": 0,
         },
-        "pool": {"path": str(pool), "size": len(everything), "hash": "p00l"},
+        "pool": {
+            "path": str(pool),
+            "size": len(everything),
+            "hash": world["hash"] if world else pool_fingerprint(pool),
+        },
         "world": dict(world) if world else None,
         "suite": dict(SUITE),
         "tasks": tasks,
@@ -183,7 +194,9 @@ def make_run(
         "headline_average": average,
         "headline_tasks": list(tasks),
         "groups": {},
-        "diagnostics": {"eval_copies_kept": eval_copies_kept} if world else {},
+        "diagnostics": {"contamination_kept": {"shapes": {"planted": 5, "kept": eval_copies_kept}}}
+        if world
+        else {},
         "oracle_gap_closed": None,
         "model": {"arch": "siftbench-tiny", "checkpoint": "checkpoints/final.pt"},
     }

@@ -98,13 +98,11 @@ def test_json_export_has_no_nan(board):
 
 
 def test_results_of_different_worlds_never_share_a_ranking(tmp_path):
-    pool = make_pool(tmp_path / "pool")
     store = tmp_path / "lb.sqlite"
     for world in ({"version": "1", "hash": "aaa"}, {"version": "1", "hash": "bbb"}, None):
-        dirs = [
-            make_run(tmp_path / f"runs-{world and world['hash']}", pool, "x", s, world=world)
-            for s in range(3)
-        ]
+        where = tmp_path / str(world and world["hash"])
+        pool = make_pool(where / "pool", world=world)
+        dirs = [make_run(where / "runs", pool, "x", s, world=world) for s in range(3)]
         submit(dirs, "same name", "filtering", store, pool, **FAKES)
     boards = load_boards(store, "toy")
     assert len(boards) == 3 and all(len(b.entries) == 1 and b.entries[0].rank == 1 for b in boards)

@@ -20,7 +20,7 @@ from leaderboard_fixtures import (
 
 from siftbench.benchmark.core.uids import UID_DTYPE, sort_uids
 from siftbench.leaderboard import cli, submit
-from siftbench.leaderboard.validate import SubmissionRefused, yaml_check_scale
+from siftbench.leaderboard.validate import SubmissionRefused, shipped_check_scale, yaml_check_scale
 
 
 @pytest.fixture()
@@ -129,6 +129,21 @@ def test_a_filtering_submission_needs_a_pool(tmp_path, run):
     assert "--pool" in error.fix
 
 
+def test_the_pool_checked_against_must_be_the_recorded_one(tmp_path, run):
+    # Another world's pool: same layout, other hash, so the uid check would prove nothing.
+    other = make_pool(tmp_path / "other" / "pool", world={"version": "1", "hash": "another"})
+    error = refused(run, tmp_path / "lb.sqlite", "pool", pool_root=other)
+    assert "has hash another" in error.problem
+    # A pool that is not the embedded world is identified by its metadata fingerprint.
+    plain = make_pool(tmp_path / "plain" / "pool", world=None)
+    worldless = make_run(tmp_path / "runs2", plain, "x", 0, world=None)
+    edit_results(worldless, lambda r: r["pool"].update(hash="0" * 64))
+    error = refused(worldless, tmp_path / "lb.sqlite", "pool", pool_root=plain)
+    assert "fingerprint" in error.problem
+    (tmp_path / "pool").rename(tmp_path / "moved")
+    assert submit([run], "a", "filtering", tmp_path / "lb.sqlite", tmp_path / "moved", **FAKES).added
+
+
 def test_a_tampered_subset_is_refused_by_its_sha256(tmp_path, run, pool):
     # A valid, sorted, in-pool subset: only the recorded hash gives it away.
     with open(run / "subset.npy", "wb") as f:
@@ -209,6 +224,14 @@ def test_the_scale_yaml_is_the_reference_when_no_scale_module_exists(tmp_path):
     assert yaml_check_scale({**good, "lr": 0.001}, "toy", root) == ["lr = 0.001, the scale fixes '5e-4'"]
     assert yaml_check_scale({**good, "global_batch": 128}, "toy", root)[0].startswith("global_batch = 128")
     assert "unknown scale 'huge'" in yaml_check_scale(good, "huge", root)[0]
+
+
+def test_the_shipped_scales_are_the_default_reference():
+    scales = pytest.importorskip("siftbench.benchmark.scales")  # the harness's own check, when present
+    toy = scales.load_scale("toy")
+    assert shipped_check_scale(toy, "toy") == []
+    assert any("lr" in p for p in shipped_check_scale({**toy, "lr": toy["lr"] * 2}, "toy"))
+    assert "unknown scale" in " ".join(shipped_check_scale(toy, "no-such-scale"))
 
 
 def test_an_unknown_scale_is_refused(tmp_path, run):
