@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,28 @@ def test_defect_counts_match_the_configured_rates(toy: World):
                              ("eval_copy", {"exact", "reencode", "flip"}),
                              ("non_english", {"de", "fr", "es"})):  # fmt: skip
         assert set(gt.loc[gt["defect"] == defect, "variant"]) == variants
+
+
+def test_caption_defects_get_exactly_the_planted_fact_wrong(toy: World, pool_samples: dict):
+    gt = toy.ground_truth()
+    by_uid = gt.set_index("uid")
+
+    def says(text: str, word: str) -> bool:
+        return re.search(rf"\b{re.escape(word)}\b", text) is not None
+
+    for row in gt.itertuples():
+        text = pool_samples[row.uid]["txt"].decode()
+        thing = str(row.digit) if row.kind == "digit" else row.shape
+        if row.defect == "clean":
+            assert says(text, row.colour) and says(text, thing), text
+        elif row.defect == "wrong_colour":
+            assert says(text, thing) and not says(text, row.colour), text
+        elif row.defect in ("wrong_shape", "near_synonym"):
+            assert says(text, row.colour) and not says(text, thing), text
+        elif row.defect == "misaligned":
+            donor = by_uid.loc[row.source_uid]
+            assert donor["defect"] == "clean" and donor["concept"] != row.concept
+            assert text == pool_samples[row.source_uid]["txt"].decode()
 
 
 def test_duplicates_copy_their_source(toy: World, pool_samples: dict):

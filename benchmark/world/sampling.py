@@ -243,7 +243,7 @@ def pool_rows(cfg: dict[str, Any], eval_sets: dict[str, list[Row]]) -> list[Row]
 
     d = cfg["defects"]
     for i in planted["misaligned"]:
-        j = int(rng.choice(clean))
+        j = _caption_donor(rows, clean, i, rng)
         rows[i].update(text=rows[j]["text"], source_uid=rows[j]["uid"])
     for i in planted["wrong_colour"]:
         other = str(rng.choice([c for c in cfg["concepts"]["colours"] if c != rows[i]["colour"]]))
@@ -282,7 +282,7 @@ def pool_rows(cfg: dict[str, Any], eval_sets: dict[str, list[Row]]) -> list[Row]
     for k, i in enumerate(planted["degenerate"]):
         _degenerate(rows[i], d["degenerate_variants"][k % len(d["degenerate_variants"])], cfg, rng)
     # Every eval image is equally likely to be copied, so small tasks are not the most contaminated.
-    eval_images = [(task, row) for task, rows in eval_sets.items() for row in rows]
+    eval_images = [(task, row) for task, task_rows in eval_sets.items() for row in task_rows]
     for k, i in enumerate(planted["eval_copy"]):
         task, src = eval_images[int(rng.integers(len(eval_images)))]
         variant = d["eval_copy_variants"][k % len(d["eval_copy_variants"])]
@@ -302,6 +302,16 @@ def pool_rows(cfg: dict[str, Any], eval_sets: dict[str, list[Row]]) -> list[Row]
     for row in rows:  # from the final caption, so a URL never tells what a replaced caption said
         row["url"] = url(rng, row["text"], spam=row["defect"] == "spam")
     return rows
+
+
+def _caption_donor(rows: list[Row], clean: np.ndarray, i: int, rng: np.random.Generator) -> int:
+    """A clean row showing another concept: with a long tail, a random caption often names the same one,
+    and such a pair is not misaligned at all."""
+    for _ in range(100):
+        j = int(rng.choice(clean))
+        if concept(rows[j]) != concept(rows[i]):
+            break
+    return j
 
 
 def _degenerate(row: Row, variant: str, cfg: dict[str, Any], rng: np.random.Generator) -> None:

@@ -25,17 +25,18 @@ TASK_STREAMS = {
     "digits_real": 5,
 }
 
+# No "a" right before {c}: the evaluator cannot turn "a orange" into "an orange" the way captions do.
 _SHAPE_TEMPLATES = (
-    "a {c}.",
-    "a photo of a {c}.",
-    "a drawing of a {c}.",
-    "a {c} icon.",
-    "there is a {c} in the picture.",
+    "the {c}.",
+    "a photo of the {c}.",
+    "a drawing of the {c}.",
+    "{c} icon.",
+    "clipart of the {c}.",
 )
 _TEMPLATES = {
     "shapes": _SHAPE_TEMPLATES,
-    "colours": ("something {c}.", "a {c} shape.", "a {c} object.", "a drawing in {c}.", "the colour {c}."),
-    "shape_colour": ("a {c}.", "a photo of a {c}.", "a drawing of a {c}.", "{c} icon."),
+    "colours": ("something {c}.", "the colour {c}.", "{c} shape.", "a shape coloured {c}.", "it is {c}."),
+    "shape_colour": _SHAPE_TEMPLATES,
     "tail_shapes": _SHAPE_TEMPLATES,
     "digits_real": ("the digit {c}.", "the number {c}.", "a handwritten {c}.", "a photo of the digit {c}."),
 }
