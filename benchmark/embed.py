@@ -1,0 +1,384 @@
+"""embed: pool tars -> ``embeddings/<model_key>/<shard>.npz``, the input of CLIP-score and embedding filters.
+
+    embeddings/<model_key>/
+      <shard>.npz          uid (u8,u8), image (N, D) float16, text (N, D) float16, similarity (N,) float32
+      stats/<shard>.json   what happened to that shard's samples (counts per reason, time)
+      stats.json           the totals, rewritten at the end of every call
+      model.json           which weights made these embeddings (a resume with other weights is refused)
+
+Features are L2-normalised fp32 model outputs stored as float16; ``similarity`` is the cosine of the
+fp32 features (DataComp's ``clip_*_similarity_score``). Rows follow the tar's order and carry their
+uids, so the Pool reader joins them on uid. Every sample with a uid gets a row: one whose image cannot be
+decoded gets NaN image features and a NaN similarity (filters drop NaN scores and count them), and so
+does a metadata uid of the shard that the tar lacks (failed download, damaged tar). Each npz appears
+atomically after its stats, so it is the shard's completion marker: a rerun skips finished shards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from string import hexdigits
+from typing import Any
+
+import numpy as np
+
+from .core.atomic import atomic_path, write_json
+from .core.errors import PoolError, StageError
+from .core.pool import iter_tar_samples, sample_image, sample_uid
+from .core.uids import file_sha256, hex_to_uids, isin_uids
+
+_HEX = frozenset(hexdigits)
+
+
+@dataclass(frozen=True)
+class EmbedModel:
+    """The weights to embed with; enough to rebuild the model in a worker process."""
+
+    arch: str
+    checkpoint: str | None = None
+    pretrained: str | None = None
+    device: str = "cpu"
+
+    def identity(self) -> dict[str, Any]:
+        checkpoint_hash = file_sha256(self.checkpoint) if self.checkpoint else None
+        return {"arch": self.arch, "pretrained": self.pretrained, "checkpoint_sha256": checkpoint_hash,
+                "checkpoint": self.checkpoint}
+
+    def load(self) -> tuple[Any, Callable, Callable]:
+        from .models import load_model
+
+        return load_model(self.arch, checkpoint=self.checkpoint, pretrained=self.pretrained, device=self.device)
+
+
+def embed_pool(
+    pool_root: str | Path,
+    arch: str,
+    model_key: str,
+    checkpoint: str | Path | None = None,
+    pretrained: str | None = None,
+    batch_size: int = 256,
+    device: str = "cpu",
+    executor: Any = None,
+    progress: bool = True,
+    num_workers: int = 0,
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Embed every tar of ``pool_root/shards`` not embedded yet; return (and write) the stats.
+
+    ``executor`` maps shards over worker processes (each loads the model once); without one, shards
+    run here and ``num_workers`` DataLoader workers decode images while the model runs.
+    ``out_dir`` defaults to ``pool_root/embeddings/<model_key>``.
+    """
+    pool_root = Path(pool_root)
+    tars = sorted((pool_root / "shards").glob("*.tar"))
+    if not tars:
+        raise PoolError(f"pool {pool_root}: no shards/*.tar to embed; a pool's images live in shards/<NNNNNNNN>.tar")
+    out = Path(out_dir) if out_dir is not None else pool_root / "embeddings" / model_key
+    spec = EmbedModel(arch, None if checkpoint is None else str(checkpoint), pretrained, device)
+    identity = spec.identity()
+    _claim(out, identity)
+    todo = [t for t in tars if not (out / f"{t.stem}.npz").exists()]
+    start = time.perf_counter()
+    if todo and executor is None:
+        embed_tars(spec.load(), todo, out, pool_root, batch_size=batch_size, device=device,
+                   num_workers=num_workers, progress=progress, done_before=len(tars) - len(todo))
+    elif todo:
+        job = partial(_embed_tar_job, spec, out, pool_root, batch_size)
+        executor.map(job, todo, desc=f"embed {model_key}")
+    stats = _collect_stats(out, tars)
+    seconds = time.perf_counter() - start
+    stats.update(model_key=model_key, model=identity, shards_embedded_now=len(todo),
+                 seconds_now=round(seconds, 3))
+    write_json(out / "stats.json", stats)
+    return stats
+
+
+def embed_tars(
+    bundle: tuple[Any, Callable, Callable],
+    tars: Sequence[Path],
+    out: Path,
+    pool_root: Path | None = None,
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    num_workers: int = 0,
+    progress: bool = True,
+    done_before: int = 0,
+) -> None:
+    """Embed these tars with an already loaded (model, preprocess, tokenizer) into ``out``."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    model, preprocess, tokenizer = bundle
+    model = model.to(device).eval()
+    with torch.no_grad():
+        dim = model.encode_text(tokenizer([""]).to(device)).shape[-1]
+    source = _shard_batches(list(tars), preprocess, tokenizer, batch_size)
+    # fork: the dataset class is made at call time (torch is imported lazily), so it cannot be pickled
+    stream = DataLoader(source, batch_size=None, num_workers=min(num_workers, len(tars)),
+                        multiprocessing_context="fork") if num_workers > 0 else source
+    pending: dict[int, _Shard] = {}
+    with torch.no_grad(), tqdm(total=done_before + len(tars), initial=done_before, desc="embed", unit="shard",
+                               disable=not progress) as bar:
+        for item in stream:
+            shard = pending.setdefault(item[1], _Shard(tars[item[1]], dim))
+            if item[0] == "batch":
+                clock = time.perf_counter()
+                shard.add(*_encode(model, device, dim, *item[2:]))
+                shard.model_seconds += time.perf_counter() - clock
+            else:
+                shard.finish(out, pool_root, counts=item[2])
+                del pending[item[1]]
+                bar.update(1)
+
+
+class _Shard:
+    """Rows of one shard as its batches come back from the model."""
+
+    def __init__(self, tar: Path, dim: int):
+        self.tar, self.dim = tar, dim
+        self.uids: list[str] = []
+        self.image: list[Any] = []
+        self.text: list[Any] = []
+        self.started = time.perf_counter()
+        self.model_seconds = 0.0
+
+    def add(self, uids: list[str], image: Any, text: Any) -> None:
+        self.uids += uids
+        self.image.append(image)
+        self.text.append(text)
+
+    def finish(self, out: Path, pool_root: Path | None, counts: Counter) -> None:
+        import torch
+
+        image = torch.cat(self.image).numpy() if self.image else np.zeros((0, self.dim), np.float32)
+        text = torch.cat(self.text).numpy() if self.text else np.zeros((0, self.dim), np.float32)
+        uids = hex_to_uids(self.uids)
+        metadata = pool_root / "metadata" / f"{self.tar.stem}.parquet" if pool_root is not None else None
+        if metadata is not None and metadata.exists():
+            # Metadata uids the tar lacks get NaN rows, so the Pool reader can join every uid of the shard.
+            import pyarrow.parquet as pq
+
+            listed = hex_to_uids(pq.read_table(metadata, columns=["uid"]).column("uid"))
+            absent = listed[~isin_uids(listed, uids)]
+            if len(absent):
+                counts["missing_from_tar"] += len(absent)
+                uids = np.concatenate([uids, absent])
+                nan = np.full((len(absent), self.dim), np.nan, np.float32)
+                image, text = np.concatenate([image, nan]), np.concatenate([text, nan])
+        similarity = (image * text).sum(axis=1, dtype=np.float32)  # cosine of unit fp32 vectors; NaN stays NaN
+        rows = len(uids)
+        embedded = int(np.isfinite(similarity).sum())
+        write_json(out / "stats" / f"{self.tar.stem}.json", {
+            "samples": counts.pop("samples", 0), "rows": rows, "embedded": embedded,
+            "reasons": dict(counts), "damaged": bool(counts.get("damaged_tar")),
+            "seconds": round(time.perf_counter() - self.started, 3), "model_seconds": round(self.model_seconds, 3),
+        })
+        with atomic_path(out / f"{self.tar.stem}.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, uid=uids, image=image.astype(np.float16), text=text.astype(np.float16),
+                     similarity=similarity.astype(np.float32))
+
+
+def _encode(model: Any, device: str, dim: int, uids: list[str], images: Any, image_rows: list[int], tokens: Any,
+            text_rows: list[int]) -> tuple[list[str], Any, Any]:
+    """Unit fp32 features on CPU for one batch; rows without an image (or caption) stay NaN."""
+    import torch
+    import torch.nn.functional as F
+
+    def run(encode: Callable, inputs: Any, rows: list[int]) -> Any:
+        features = torch.full((len(uids), dim), float("nan"))
+        if rows:
+            features[rows] = F.normalize(encode(inputs.to(device)).float(), dim=-1).cpu()
+        return features
+
+    return uids, run(model.encode_image, images, image_rows), run(model.encode_text, tokens, text_rows)
+
+
+def _shard_batches(tars: list[Path], preprocess: Callable, tokenizer: Callable, batch_size: int) -> Any:
+    """An IterableDataset of ("batch", shard index, uids, images, image rows, tokens, text rows) items and
+    one ("end", shard index, counts) per shard; DataLoader workers take whole shards."""
+    from torch.utils.data import IterableDataset
+
+    class ShardBatches(IterableDataset):
+        def __iter__(self) -> Iterator[tuple]:
+            from torch.utils.data import get_worker_info
+
+            info = get_worker_info()
+            worker, workers = (info.id, info.num_workers) if info else (0, 1)
+            for index, tar in enumerate(tars):
+                if index % workers == worker:
+                    yield from _decode_shard(index, tar, preprocess, tokenizer, batch_size)
+
+    return ShardBatches()
+
+
+def _decode_shard(index: int, tar: Path, preprocess: Callable, tokenizer: Callable, batch_size: int
+                  ) -> Iterator[tuple]:
+    import torch
+
+    from siftbench.eval_suite.data import decode_image
+
+    counts: Counter = Counter()
+    batch: list[tuple[str, Any, str | None]] = []
+
+    def flush() -> tuple:
+        image_rows = [i for i, (_, image, _) in enumerate(batch) if image is not None]
+        text_rows = [i for i, (_, _, caption) in enumerate(batch) if caption is not None]
+        images = torch.stack([batch[i][1] for i in image_rows]) if image_rows else None
+        tokens = tokenizer([batch[i][2] for i in text_rows]) if text_rows else None
+        item = ("batch", index, [uid for uid, _, _ in batch], images, image_rows, tokens, text_rows)
+        batch.clear()
+        return item
+
+    try:
+        for _, sample in iter_tar_samples(tar):
+            counts["samples"] += 1
+            uid = sample_uid(sample)
+            if not uid:
+                counts["no_uid"] += 1
+                continue
+            if len(uid) > 32 or not _HEX.issuperset(uid):
+                counts["bad_uid"] += 1
+                continue
+            found = sample_image(sample)
+            image = decode_image(found[1]) if found is not None else None
+            if image is None:
+                counts["no_image" if found is None else "undecodable_image"] += 1
+            caption = sample["txt"].decode("utf-8", errors="replace") if "txt" in sample else None
+            if caption is None:
+                counts["no_caption"] += 1
+            batch.append((uid, None if image is None else preprocess(image), caption))
+            if len(batch) == batch_size:
+                yield flush()
+    except PoolError:
+        counts["damaged_tar"] += 1
+    if batch:
+        yield flush()
+    yield "end", index, counts
+
+
+def benchmark_embed_throughput(
+    pool_root: str | Path,
+    arch: str,
+    checkpoint: str | Path | None = None,
+    pretrained: str | None = None,
+    batch_size: int = 256,
+    device: str = "cpu",
+    max_shards: int | None = None,
+    num_workers: int = 0,
+) -> dict[str, Any]:
+    """Pairs/s of the whole stage (read, decode, preprocess, model, write) against the model alone on
+    in-memory tensors of the same shapes and batch size, in this process; ``ratio`` = stage / model.
+
+    The stage writes into a temporary folder, so the pool is left as it was.
+    """
+    import tempfile
+
+    import torch
+    from PIL import Image
+
+    spec = EmbedModel(arch, None if checkpoint is None else str(checkpoint), pretrained, device)
+    model, preprocess, tokenizer = bundle = spec.load()
+    tars = sorted((Path(pool_root) / "shards").glob("*.tar"))[:max_shards]
+    if not tars:
+        raise PoolError(f"pool {pool_root}: no shards/*.tar to embed")
+    images = preprocess(Image.new("RGB", (64, 64))).unsqueeze(0).repeat(batch_size, 1, 1, 1).to(device)
+    tokens = tokenizer(["a photo of a red circle on a blue background"] * batch_size).to(device)
+
+    def model_only(batches: int) -> float:
+        clock = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(batches):
+                torch.nn.functional.normalize(model.encode_image(images).float(), dim=-1).cpu()
+                torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1).cpu()
+        return time.perf_counter() - clock
+
+    model_only(1)  # warm-up: allocator, thread pool, lazy inits
+    with tempfile.TemporaryDirectory() as tmp:
+        clock = time.perf_counter()
+        embed_tars(bundle, tars, Path(tmp), None, batch_size=batch_size, device=device, num_workers=num_workers,
+                   progress=False)
+        stage_seconds = time.perf_counter() - clock
+        stats = _collect_stats(Path(tmp), tars)
+    pairs = stats["samples"]
+    batches = max(1, round(pairs / batch_size))
+    model_rate = batches * batch_size / model_only(batches)
+    stage_rate = pairs / stage_seconds
+    return {
+        "arch": arch,
+        "device": device,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "torch_threads": torch.get_num_threads(),
+        "shards": len(tars),
+        "pairs": pairs,
+        "stage_seconds": round(stage_seconds, 3),
+        "stage_model_seconds": stats["model_seconds"],
+        "stage_pairs_per_s": stage_rate,
+        "in_memory_pairs_per_s": model_rate,
+        "ratio": stage_rate / model_rate,
+    }
+
+
+_MODELS: dict[EmbedModel, tuple[Any, Callable, Callable]] = {}
+
+
+def _embed_tar_job(spec: EmbedModel, out: Path, pool_root: Path, batch_size: int, tar: Path) -> None:
+    """One shard in an executor's worker; the model is loaded once per worker process."""
+    if spec not in _MODELS:
+        _MODELS[spec] = spec.load()
+    embed_tars(_MODELS[spec], [tar], out, pool_root, batch_size=batch_size, device=spec.device, progress=False)
+
+
+def _claim(out: Path, identity: dict[str, Any]) -> None:
+    """Refuse to mix embeddings of different weights under one model key."""
+    marker = out / "model.json"
+    if marker.exists():
+        import json
+
+        before = json.loads(marker.read_text())
+        same = ("arch", "pretrained", "checkpoint_sha256")
+        if any(before.get(k) != identity[k] for k in same):
+            raise StageError(
+                f"{out} holds embeddings of {({k: before.get(k) for k in same})}, not of "
+                f"{({k: identity[k] for k in same})}; use another model key or delete that folder"
+            )
+        return
+    write_json(marker, identity)
+
+
+def _collect_stats(out: Path, tars: Sequence[Path]) -> dict[str, Any]:
+    """Totals over every shard's stats file (including shards embedded by earlier calls)."""
+    import json
+
+    totals: Counter = Counter()
+    reasons: Counter = Counter()
+    damaged: list[str] = []
+    done = 0
+    for tar in tars:
+        path = out / "stats" / f"{tar.stem}.json"
+        if not (out / f"{tar.stem}.npz").exists() or not path.exists():
+            continue
+        done += 1
+        shard = json.loads(path.read_text())
+        totals.update({k: shard[k] for k in ("samples", "rows", "embedded", "seconds", "model_seconds")})
+        reasons.update(shard["reasons"])
+        if shard["damaged"]:
+            damaged.append(tar.name)
+    seconds = totals.pop("seconds", 0.0)
+    return {
+        "shards": len(tars),
+        "shards_done": done,
+        **{k: int(totals.get(k, 0)) for k in ("samples", "rows", "embedded")},
+        "reasons": dict(sorted(reasons.items())),
+        "damaged_shards": damaged,
+        "seconds": round(seconds, 3),
+        "model_seconds": round(totals.get("model_seconds", 0.0), 3),
+        "samples_per_s": round(totals.get("samples", 0) / seconds, 1) if seconds else None,
+    }

@@ -1,0 +1,206 @@
+"""The embed stage on a tiny pool built here: files, dtypes, uid alignment through Pool, resume, damage."""
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("open_clip")
+
+from PIL import Image  # noqa: E402
+
+from siftbench.benchmark.core.errors import PoolError, StageError  # noqa: E402
+from siftbench.benchmark.core.pool import Pool, iter_tar_samples  # noqa: E402
+from siftbench.benchmark.core.uids import UID_DTYPE, hex_to_uids  # noqa: E402
+from siftbench.benchmark.embed import benchmark_embed_throughput, embed_pool  # noqa: E402
+from siftbench.benchmark.executors import LocalExecutor  # noqa: E402
+
+COLOURS = [(230, 20, 20), (20, 200, 20), (20, 20, 230), (230, 230, 20), (20, 230, 230)]
+NAMES = ["red", "green", "blue", "yellow", "cyan"]
+KEY = "tiny"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny batches gain nothing from a second thread, and on a shared, busy machine spinning OpenMP
+    threads make them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def png(rgb, size: int = 32) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def uid_of(shard: int, i: int) -> str:
+    return f"{shard * 1000 + i + 1:032x}"
+
+
+def build_pool(root: Path, shards: int = 2, per_shard: int = 5, corrupt: tuple[int, int] | None = (1, 2)) -> Path:
+    """Tars with {key}.png/.txt/.json and metadata parquets listing the same uids in REVERSED order."""
+    (root / "shards").mkdir(parents=True)
+    (root / "metadata").mkdir()
+    for s in range(shards):
+        uids, texts = [], []
+        with tarfile.open(root / "shards" / f"{s:08d}.tar", "w") as tar:
+            for i in range(per_shard):
+                key = f"{s:08d}{i:04d}"
+                text = f"a {NAMES[i % 5]} square from shard {s}"
+                image = b"\x89PNG broken" if (s, i) == corrupt else png(COLOURS[i % 5])
+                for ext, payload in (("png", image), ("txt", text.encode()),
+                                     ("json", json.dumps({"uid": uid_of(s, i), "key": key}).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+                uids.append(uid_of(s, i))
+                texts.append(text)
+        pq.write_table(pa.table({"uid": uids[::-1], "text": texts[::-1]}), root / "metadata" / f"{s:08d}.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """Fixed random weights, so every call in this module embeds with the same model."""
+    from siftbench.benchmark.models import load_model
+
+    torch.manual_seed(0)
+    model = load_model("siftbench-tiny")[0]
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def embed(pool: Path, checkpoint: Path, **kwargs):
+    return embed_pool(pool, arch="siftbench-tiny", model_key=KEY, checkpoint=checkpoint, batch_size=3,
+                      progress=False, **kwargs)
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def same_files(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(
+        np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f") for k in a
+    )
+
+
+def test_embed_pool_files_dtypes_and_alignment(tmp_path: Path, checkpoint: Path):
+    pool = build_pool(tmp_path / "pool")
+    stats = embed(pool, checkpoint)
+    out = pool / "embeddings" / KEY
+    assert sorted(p.name for p in out.glob("*.npz")) == ["00000000.npz", "00000001.npz"]
+    assert (out / "stats.json").is_file() and (out / "model.json").is_file()
+    assert json.loads((out / "stats.json").read_text()) == json.loads(json.dumps(stats))
+    assert stats["samples"] == 10 and stats["rows"] == 10 and stats["embedded"] == 9
+    assert stats["reasons"] == {"undecodable_image": 1} and stats["damaged_shards"] == []
+
+    z = load_npz(out / "00000001.npz")
+    assert set(z) == {"uid", "image", "text", "similarity"}
+    assert z["uid"].dtype == UID_DTYPE and z["image"].dtype == np.float16 and z["text"].dtype == np.float16
+    assert z["similarity"].dtype == np.float32
+    assert z["image"].shape == z["text"].shape == (5, 128) and z["similarity"].shape == (5,)
+    assert np.array_equal(z["uid"], hex_to_uids([uid_of(1, i) for i in range(5)]))  # tar order
+    ok = np.isfinite(z["similarity"])
+    assert ok.tolist() == [True, True, False, True, True]  # sample 2's image does not decode
+    assert np.isnan(z["image"][2]).all() and np.isfinite(z["text"][2]).all()
+    norms = np.linalg.norm(z["image"][ok].astype(np.float32), axis=1)
+    assert np.allclose(norms, 1.0, atol=2e-3)
+    cosine = (z["image"][ok].astype(np.float32) * z["text"][ok].astype(np.float32)).sum(axis=1)
+    assert np.allclose(cosine, z["similarity"][ok], atol=2e-3)
+
+    # The same numbers straight from the model, for one sample of each shard.
+    from siftbench.benchmark.models import load_model
+
+    model, preprocess, tokenizer = load_model("siftbench-tiny", checkpoint=checkpoint)
+    with torch.no_grad():
+        image = model.encode_image(preprocess(Image.open(io.BytesIO(png(COLOURS[3])))).unsqueeze(0))
+        text = model.encode_text(tokenizer(["a yellow square from shard 1"]))
+    image, text = torch.nn.functional.normalize(image, dim=-1), torch.nn.functional.normalize(text, dim=-1)
+    assert np.allclose(z["image"][3], image[0].numpy(), atol=2e-3)
+    assert np.allclose(z["text"][3], text[0].numpy(), atol=2e-3)
+    assert z["similarity"][3] == pytest.approx(float((image * text).sum()), abs=1e-5)
+
+    # The Pool reader joins on uid: metadata lists the uids in reversed order.
+    batch = Pool.open(pool).read_shard("00000001", columns=[f"clip_{KEY}_similarity_score"],
+                                       embeddings=[f"{KEY}_img", f"{KEY}_txt"])
+    assert np.array_equal(batch.uids, z["uid"][::-1])
+    scores = batch.table[f"clip_{KEY}_similarity_score"].to_numpy()
+    assert np.array_equal(scores, z["similarity"][::-1], equal_nan=True)
+    assert np.array_equal(batch.embeddings[f"{KEY}_img"], z["image"][::-1], equal_nan=True)
+    assert np.array_equal(batch.embeddings[f"{KEY}_txt"], z["text"][::-1])
+
+
+def test_rerun_recomputes_nothing_and_resumes_a_missing_shard(tmp_path: Path, checkpoint: Path):
+    pool = build_pool(tmp_path / "pool")
+    embed(pool, checkpoint)
+    out = pool / "embeddings" / KEY
+    first, second = out / "00000000.npz", out / "00000001.npz"
+    mtimes = {p: p.stat().st_mtime_ns for p in (first, second)}
+    before = load_npz(second)
+    stats = embed(pool, checkpoint)
+    assert stats["shards_embedded_now"] == 0 and stats["shards_done"] == 2 and stats["samples"] == 10
+    assert {p: p.stat().st_mtime_ns for p in (first, second)} == mtimes
+    second.unlink()  # as if the run had crashed while writing it
+    stats = embed(pool, checkpoint)
+    assert stats["shards_embedded_now"] == 1 and stats["embedded"] == 9
+    assert first.stat().st_mtime_ns == mtimes[first]
+    after = load_npz(second)
+    assert same_files(before, after)
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_other_weights_under_the_same_key_are_refused(tmp_path: Path, checkpoint: Path):
+    pool = build_pool(tmp_path / "pool", shards=1, corrupt=None)
+    embed(pool, checkpoint)
+    with pytest.raises(StageError, match="use another model key"):
+        embed_pool(pool, arch="siftbench-tiny", model_key=KEY, progress=False)  # random weights
+
+
+def test_damaged_tar_counts_and_fills_missing_uids(tmp_path: Path, checkpoint: Path):
+    pool = build_pool(tmp_path / "pool", corrupt=None)
+    tar = pool / "shards" / "00000001.tar"
+    raw = bytearray(tar.read_bytes())
+    # Each sample is 3 members of 512-byte header + 512-byte block: garble the 3rd sample's first header.
+    raw[2 * 3072 : 2 * 3072 + 100] = b"\xff" * 100
+    tar.write_bytes(bytes(raw))
+    with pytest.raises(PoolError, match="unreadable header"):  # tarfile alone would stop silently here
+        list(iter_tar_samples(tar))
+    stats = embed(pool, checkpoint)
+    assert stats["damaged_shards"] == ["00000001.tar"]
+    assert stats["reasons"] == {"damaged_tar": 1, "missing_from_tar": 3}
+    assert stats["samples"] == 7 and stats["rows"] == 10 and stats["embedded"] == 7
+    batch = Pool.open(pool).read_shard("00000001", columns=[f"clip_{KEY}_similarity_score"])
+    assert np.isnan(batch.table[f"clip_{KEY}_similarity_score"].to_numpy()).sum() == 3
+
+
+def test_executor_and_decode_workers_give_the_same_files(tmp_path: Path, checkpoint: Path):
+    reference = build_pool(tmp_path / "a", per_shard=3)
+    embed(reference, checkpoint)
+    for name, kwargs in (("b", {"executor": LocalExecutor(workers=1, progress=False)}), ("c", {"num_workers": 1})):
+        pool = build_pool(tmp_path / name, per_shard=3)
+        embed(pool, checkpoint, **kwargs)
+        for shard in ("00000000.npz", "00000001.npz"):
+            want = load_npz(reference / "embeddings" / KEY / shard)
+            got = load_npz(pool / "embeddings" / KEY / shard)
+            assert same_files(want, got), (name, shard)
+
+
+def test_throughput_benchmark(tmp_path: Path, checkpoint: Path):
+    pool = build_pool(tmp_path / "pool", per_shard=4)
+    report = benchmark_embed_throughput(pool, arch="siftbench-tiny", checkpoint=checkpoint, batch_size=4)
+    assert report["pairs"] == 8
+    assert report["stage_pairs_per_s"] > 0 and report["in_memory_pairs_per_s"] > 0
+    assert report["ratio"] == pytest.approx(report["stage_pairs_per_s"] / report["in_memory_pairs_per_s"])
+    assert not (pool / "embeddings").exists()  # measured in a temporary folder, the pool is untouched
