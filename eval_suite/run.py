@@ -56,7 +56,7 @@ def evaluate_model(
                 "main_metric": spec.main_metric,
                 "score": result.metrics[spec.main_metric],
                 "metrics": result.metrics,
-                "chance": spec.chance,
+                "chance": spec.chance if spec.chance is not None else (result.chance or {}).get(spec.main_metric),
                 "groups": list(spec.groups),
                 "version": spec.version,
                 "dataset": data.folder.name,

@@ -9,7 +9,7 @@
 Per task: ``name``, ``path`` (relative to the root folder given at run time), ``type`` (a registered
 task type), ``main_metric``, ``version`` (int; bump on ANY change to the task's data or metric, so a
 score never silently changes meaning), and optionally ``chance`` (default 1/num_classes for
-classification), ``groups`` (tags averaged together), ``source`` (where to download the folder),
+classification, k/num_images for retrieval recall@k), ``groups`` (tags averaged together), ``source`` (where to download the folder),
 ``size`` (expected samples, a check), ``needs`` (why siftbench cannot score it yet: listed, never run).
 
 Loading fails early, before anyone trains a model for an hour, on anything the evaluation would trip

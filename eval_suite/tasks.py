@@ -23,6 +23,7 @@ class TaskResult:
     metrics: dict[str, float]
     num_samples: int
     skipped: SkipCounter
+    chance: dict[str, float] | None = None  # per metric, when only the data tells (e.g. 1/images)
 
 
 class EvalTask:
@@ -99,4 +100,7 @@ class ZeroShotRetrieval(EvalTask):
         check_finite(text, f"{data.folder} (captions)")
         scores = F.normalize(text, dim=-1) @ F.normalize(images.features, dim=-1).T
         metrics = retrieval_metrics(scores, text_to_image, RECALL_KS)
-        return TaskResult(metrics, len(images.targets), images.skipped)
+        # Random scores hit with probability k/images both ways (an image with c of the M captions is
+        # found with probability ~c*k/M, and c averages M/images).
+        chance = {name: min(1.0, int(name.rsplit("@", 1)[1]) / len(images.targets)) for name in metrics}
+        return TaskResult(metrics, len(images.targets), images.skipped, chance)
