@@ -105,7 +105,7 @@ def _label(name: str, width: int = 28) -> str:
 
 def _size_plot(plt: Any, board: Board, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for e in board.entries:
+    for i, e in enumerate(sorted(board.entries, key=lambda e: e.mean)):
         leader = e.rank == 1
         ax.errorbar(
             e.subset_size,
@@ -118,10 +118,10 @@ def _size_plot(plt: Any, board: Board, path: Path) -> Path:
             mfc="white" if not e.ranked else None,
             zorder=3,
         )
-        ax.annotate(
+        ax.annotate(  # alternate above / below in score order, so neighbours' labels overlap less
             _label(e.name),
             (e.subset_size, e.mean),
-            xytext=(6, 4),
+            xytext=(6, 4 if i % 2 else -11),
             textcoords="offset points",
             fontsize=7.5,
             color="#374151",

@@ -11,14 +11,14 @@ re-evaluation step, which must load weights without unpickling (``torch.load(wei
 | results-schema | a results schema version this siftbench does not read |
 | track | a track other than ``filtering`` or ``byod`` |
 | name | an empty, over-long or control-character submission name |
-| suite-complete | a task the suite lists has no result, or a result for a task the suite does not list |
-| task-version | a task evaluated at another version than its suite declares, or than the shipped suite has now |
+| suite-complete | a shipped-suite task without a result, a result for a task it lacks, or an unshipped suite |
+| task-version | a task evaluated at another version than the shipped suite has now |
 | task-score | a task whose score is not its main metric, or an ``average`` that is not the mean of the scores |
 | scale | an unknown scale, or hyperparameters that differ from the scale's (lr, batch, samples seen, ...) |
 | subset-format | subset.npy missing, pickled, not a 1-D sorted ``u8,u8`` array |
 | subset-sha256 | the sha256 recorded in results.json is not the sha256 of subset.npy |
 | subset-size | the recorded size or unique count is not the file's |
-| pool | (filtering) no pool to check the uids against |
+| pool | (filtering) no pool, or not the pool results.json names (world hash / metadata fingerprint) |
 | subset-in-pool | (filtering) uids that are not in the pool |
 | checkpoint | (toy, tiny) the checkpoint is missing or lies outside the run folder |
 | reevaluation | (toy, tiny) re-evaluating the checkpoint differs from the submitted scores by more than 1e-4 |

@@ -174,7 +174,10 @@ def make_run(
             "wall_times_s": {},
         },
         "scale": {"name": scale, "hyperparameters": dict(SCALES[scale])},
-        "filter": {"config": config, "filters": [{"name": name, "version": 1, "params": config}]},
+        "filter": {
+            "config": config,
+            "filters": [{"name": config.get("name", name), "version": 1, "params": config}],
+        },
         "subset": {
             "path": "subset.npy",
             "size": len(keep),
@@ -246,48 +249,54 @@ def replace_subset(
 
 
 # A demo board for the screenshot: plausible numbers in the shape of ANCHORS.md's prototype.
-DEMO_ENTRIES = [
-    # name, fraction, mean score, seeds, eval copies kept
-    ("no_filter", 1.0, 0.30, 3, 0),
-    ("random 50%", 0.5, 0.30, 3, 0),
-    ("basic", 0.7, 0.33, 3, 0),
-    ("clip_score top 30%", 0.3, 0.47, 3, 0),
-    ("clip_score top 50%", 0.5, 0.48, 3, 0),
-    ("clip_score ∩ dedup", 0.42, 0.485, 3, 3),
-    ("metaclip balance", 0.35, 0.44, 2, 0),
-    ("oracle (clean pairs)", 0.5, 0.55, 3, 0),
+DEMO_ENTRIES: list[tuple[str, dict[str, Any], float, float, int, int]] = [
+    # name, filter config, fraction kept, mean score, seeds, eval copies kept
+    ("no_filter", {"name": "no_filter"}, 1.0, 0.30, 3, 0),
+    ("random 50%", {"name": "random", "fraction": 0.5}, 0.5, 0.30, 3, 0),
+    (
+        "basic",
+        {"name": "basic", "min_words": 3, "min_chars": 6, "min_side": 200, "max_aspect": 3.0},
+        0.7,
+        0.33,
+        3,
+        0,
+    ),
+    ("CLIP score top 30%", {"name": "clip_score", "model": "scorer", "fraction": 0.3}, 0.3, 0.47, 3, 0),
+    ("CLIP score top 50%", {"name": "clip_score", "model": "scorer", "fraction": 0.5}, 0.5, 0.49, 3, 0),
+    (
+        "CLIP score ∩ pHash dedup",
+        {
+            "combine": "sequence",
+            "steps": [{"name": "clip_score", "fraction": 0.5}, {"name": "phash_dedup", "radius": 4}],
+        },
+        0.42,
+        0.545,
+        3,
+        0,
+    ),
+    ("MetaCLIP balance (t=40)", {"name": "metaclip", "t": 40}, 0.35, 0.44, 2, 0),
+    ("text-based (leaky)", {"name": "text_based", "concepts": "world"}, 0.45, 0.41, 3, 12),
+    ("oracle (clean pairs)", {"name": "oracle"}, 0.5, 0.55, 3, 0),
 ]
 
 
 def build_demo_store(store: Path, work: Path) -> Path:
+    """Synthetic demo entries (labelled as such in docs/leaderboard.md) for the README's screenshot."""
     from siftbench.leaderboard.submit import submit
 
     pool = make_pool(work / "pool", n=400)
     rng = np.random.default_rng(7)
-    for name, fraction, mean, seeds, kept in DEMO_ENTRIES:
+    for i, (name, config, fraction, mean, seeds, kept) in enumerate(DEMO_ENTRIES):
         dirs = []
         for seed in range(seeds):
-            level = mean + rng.normal(0, 0.008)
-            scores = {
-                "shapes": level - 0.15,
-                "colours": min(0.998, 0.95 + rng.normal(0, 0.01)),
-                "shape_colour": level - 0.16,
-                "digits": level - 0.05,
-            }
-            scores = {t: round(float(s + rng.normal(0, 0.006)), 6) for t, s in scores.items()}
+            level = mean + rng.normal(0, 0.006)
+            scores = {"shapes": level - 0.15, "colours": min(0.998, 0.95 + rng.normal(0, 0.01)),
+                      "shape_colour": level - 0.16, "digits": level - 0.05}  # fmt: skip
+            scores = {t: round(float(s + rng.normal(0, 0.005)), 6) for t, s in scores.items()}
             dirs.append(
-                make_run(
-                    work / "runs",
-                    pool,
-                    name.replace(" ", "_").replace("%", ""),
-                    seed,
-                    scores=scores,
-                    scale="tiny",
-                    fraction=fraction,
-                    eval_copies_kept=kept,
-                    subset_seed=0,
-                )
-            )
+                make_run(work / "runs", pool, f"demo{i}", seed, scores=scores, scale="tiny", fraction=fraction,
+                         filter_config=config, eval_copies_kept=kept, subset_seed=0)
+            )  # fmt: skip
         submit(dirs, name, "filtering", store, pool, **FAKES)
     return store
 
