@@ -9,14 +9,19 @@ file (and the subset it names) without torch:
       "scale": {"name", "hyperparameters": {...}},           # resolved; compared with configs/scale/<name>.yaml
       "filter": {"config": {...}, "filters": [{"name", "version", "params"}]},
       "subset": {"path", "size", "unique", "sha256", "missing_from_pool"},
-      "pool": {"path", "size", "hash"},
+      "pool": {"path", "size", "hash"},                     # hash: the world's content hash, else sha256 of the
+                                                             # metadata files' "name:rows" lines (the leaderboard
+                                                             # checks it against the pool it validates uids with)
       "world": {"version", "hash"} | null,                  # only for the embedded world
       "suite": {"name", "version", "hash", "tasks": {task: version}},
       "tasks": {task: {"type", "main_metric", "score", "metrics": {...}, "chance", "groups", "version"}},
       "average": float,                                      # unweighted mean of every task's main metric
       "headline_average": float, "headline_tasks": [...],    # leaves out tasks saturated for every strategy
       "groups": {group: mean},
+      "model": {"arch", "checkpoint"},                       # checkpoint: path relative to the run folder (the
+                                                             # leaderboard re-evaluates it at toy/tiny)
       "diagnostics": {...}                                   # world only: defect precision/recall, eval copies kept
+                                                             # as "contamination_kept": {task: {"planted", "kept"}}
       "oracle_gap_closed": {...} | null
     }
 """
