@@ -43,6 +43,9 @@ EXECUTION_FIELDS: dict[str, type] = {
 }
 META_FIELDS: dict[str, type] = {"name": str, "comparable": bool}
 ALL_FIELDS = {**META_FIELDS, **BENCHMARK_FIELDS, **EXECUTION_FIELDS}
+# The names DataComp's scale_configs.py and open_clip_train use, which people will type.
+ALIASES = {"learning_rate": "lr", "batch_size": "global_batch", "train_num_samples": "samples_seen", "wd": "weight_decay",
+           "num_checkpoints": "epochs", "lr_scheduler": "schedule", "warmup_steps": "warmup"}
 
 
 def available_scales() -> list[str]:
@@ -60,7 +63,7 @@ def load_scale(name: str) -> dict[str, Any]:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown scale {name!r}.{hint} Available: {', '.join(names)} (configs/scale/*.yaml)")
     data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    return _typed(data, where=str(path))
+    return typed_scale(data, where=str(path))
 
 
 def resolved_scale(scale: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +75,7 @@ def resolved_scale(scale: dict[str, Any]) -> dict[str, Any]:
     name = scale.get("name")
     if not name:
         raise ConfigError("scale config has no 'name'; start from a shipped scale, e.g. scale=tiny")
-    typed = _typed(dict(scale), where=f"scale {name!r}")
+    typed = typed_scale(dict(scale), where=f"scale {name!r}")
     drift = check_scale(typed, name) if name in available_scales() else ["not a shipped scale"]
     if drift and typed["comparable"]:
         raise ConfigError(
@@ -119,11 +122,11 @@ def scale_table() -> Any:
     return pd.DataFrame(rows).sort_values(["samples_seen", "scale"]).reset_index(drop=True)
 
 
-def _typed(data: dict[str, Any], where: str) -> dict[str, Any]:
+def typed_scale(data: dict[str, Any], where: str = "scale") -> dict[str, Any]:
+    """Check a scale dict's fields and types (no comparison with the shipped scale); return it typed."""
     unknown = sorted(set(data) - set(ALL_FIELDS))
     if unknown:
-        hints = [f"{u!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, ALL_FIELDS, 1)) else "")
-                 for u in unknown]
+        hints = [f"{u!r}" + (f" (did you mean {m[0]!r}?)" if (m := _suggest(u)) else "") for u in unknown]
         raise ConfigError(f"{where}: unknown field(s) {', '.join(hints)}; fields are {', '.join(ALL_FIELDS)}")
     missing = [k for k in ALL_FIELDS if k not in data]
     if missing:
@@ -150,6 +153,12 @@ def _typed(data: dict[str, Any], where: str) -> dict[str, Any]:
     if out["workers"] < 0 or out["warmup"] < 0:
         raise ConfigError(f"{where}: workers and warmup must be >= 0")
     return out
+
+
+def _suggest(field: str) -> list[str]:
+    if field in ALIASES:
+        return [ALIASES[field]]
+    return [ALIASES.get(m, m) for m in difflib.get_close_matches(field, [*ALL_FIELDS, *ALIASES], n=1)]
 
 
 def _same(a: Any, b: Any) -> bool:

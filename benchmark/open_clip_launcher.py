@@ -1,0 +1,129 @@
+"""The training subprocess: ``python -m siftbench.benchmark.open_clip_launcher <open_clip_train args>``.
+
+Runs ``open_clip_train.main`` (open_clip_torch 3.3.0, pinned) with what siftbench needs from a trainer:
+
+- siftbench's architectures (configs/model/*.json) are registered, since open_clip knows only its own;
+- DDP on CPU works: open_clip_train passes ``device_ids=[device]`` even on CPU, which gloo rejects;
+- epochs are exact: open_clip_train rounds each epoch up to a multiple of the loader workers (DataComp's
+  debug scale with 8 workers would train 28% more), so results would depend on the machine; here the
+  loader workers share exactly ``train_num_samples / global_batch`` batches per epoch between them;
+- checkpoints appear atomically, because ``--resume latest`` picks the newest ``*.pt`` and a kill during
+  ``torch.save`` would leave a truncated one;
+- open_clip_train reports some failures (e.g. "experiment already exists") by returning -1, which
+  exits 0; this launcher exits 1 instead.
+
+The parent (benchmark/train.py) sets SIFTBENCH_NUM_THREADS for torch's intra-op threads. This module is
+imported only in the training process, so it imports webdataset at the top (the pipeline subclass must
+be importable by name for spawned loader workers).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from itertools import islice
+
+import webdataset as wds
+
+
+class ExactEpochPipeline(wds.DataPipeline):
+    """A training pipeline whose loader workers yield ``exact_batches`` batches per epoch between them."""
+
+    exact_batches: int = 0
+
+    def __iter__(self):
+        import torch.utils.data
+
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        share = self.exact_batches // workers + (1 if worker < self.exact_batches % workers else 0)
+        return islice(self.iterator(), share)
+
+
+def patch_exact_epochs() -> None:
+    import open_clip_train.data as data
+
+    original = data.get_wds_dataset
+    if getattr(original, "siftbench_patched", False):
+        return
+
+    def get_wds_dataset(args, preprocess_img, is_train, epoch=0, floor=False, tokenizer=None):
+        info = original(args, preprocess_img, is_train, epoch=epoch, floor=floor, tokenizer=tokenizer)
+        if is_train:
+            global_batch = args.batch_size * args.world_size
+            batches = math.ceil(args.train_num_samples / global_batch)
+            loader = info.dataloader
+            dataset = loader.pipeline[0].dataset  # WebLoader = DataPipeline(DataLoader(dataset))
+            if type(dataset) is not wds.DataPipeline:
+                raise RuntimeError(f"open_clip_train's loader changed ({type(dataset)}); update the launcher")
+            dataset.__class__ = ExactEpochPipeline
+            dataset.exact_batches = batches
+            loader.num_batches, loader.num_samples = batches, batches * global_batch
+        return info
+
+    get_wds_dataset.siftbench_patched = True
+    data.get_wds_dataset = get_wds_dataset
+
+
+def patch_ddp_on_cpu() -> None:
+    import torch
+    import torch.nn.parallel
+
+    ddp = torch.nn.parallel.DistributedDataParallel
+    if getattr(ddp, "siftbench_patched", False):
+        return
+
+    class CpuFriendlyDDP(ddp):
+        siftbench_patched = True
+
+        def __init__(self, module, device_ids=None, *args, **kwargs):
+            if device_ids is not None and all(torch.device(d).type == "cpu" for d in device_ids):
+                device_ids = None  # a CPU module takes no device_ids; gloo raises with them
+            super().__init__(module, device_ids, *args, **kwargs)
+
+    torch.nn.parallel.DistributedDataParallel = CpuFriendlyDDP
+
+
+def patch_atomic_checkpoints() -> None:
+    import torch
+
+    save = torch.save
+    if getattr(save, "siftbench_patched", False):
+        return
+
+    def atomic_save(obj, f, *args, **kwargs):
+        if isinstance(f, str | os.PathLike) and os.fspath(f).endswith(".pt"):
+            tmp = f"{os.fspath(f)}.partial"  # not *.pt, so `--resume latest` never picks it
+            save(obj, tmp, *args, **kwargs)
+            os.replace(tmp, f)
+            return None
+        return save(obj, f, *args, **kwargs)
+
+    atomic_save.siftbench_patched = True
+    torch.save = atomic_save
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from .models import register_model_configs
+
+    threads = os.environ.get("SIFTBENCH_NUM_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+    register_model_configs()
+    patch_ddp_on_cpu()
+    patch_exact_epochs()
+    patch_atomic_checkpoints()
+    from open_clip_train.main import main as open_clip_main
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--"]:  # torchrun passes its separator through
+        argv = argv[1:]
+    result = open_clip_main(argv)
+    return 1 if result == -1 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
