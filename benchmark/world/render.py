@@ -109,17 +109,18 @@ def render(row: dict, width: int, height: int, palette: dict[str, tuple[int, int
     radius = row["scale"] * side
     centre = (row["cx"] * width, row["cy"] * height)
     mask = _mask(row, width, height, centre, radius, rng)
-    colour = np.asarray(palette[row["colour"]], dtype=np.float32)
-    colour = colour + rng.uniform(-row["jitter"], row["jitter"], 3)
+    colour = (np.asarray(palette[row["colour"]]) + rng.uniform(-row["jitter"], row["jitter"], 3)).astype(
+        np.float32
+    )
     # Shading: brightness varies linearly across the object, so colour is not a single RGB point.
     direction = rng.uniform(0, 2 * math.pi)
     xx, yy = _grid(width, height)
     cos, sin = math.cos(direction), math.sin(direction)
     along = ((xx + 0.5 - centre[0]) * cos + (yy + 0.5 - centre[1]) * sin) / max(radius, 1)
-    shade = 1 + row["shading"] * np.clip(along, -1, 1) / 2
-    fg = np.clip(colour[None, None, :] * shade[..., None], 0, 255)
-    alpha = mask[..., None]
-    return np.rint(background * (1 - alpha) + fg * alpha).astype(np.uint8)
+    shade = 1 + row["shading"] / 2 * np.clip(along, -1, 1)
+    fg = np.clip(shade[..., None] * colour, 0, 255)
+    out = background + (fg - background) * mask[..., None]
+    return np.rint(out).astype(np.uint8)
 
 
 def _mask(row: dict, width: int, height: int, centre: tuple, radius: float, rng) -> np.ndarray:
@@ -139,9 +140,9 @@ def _mask(row: dict, width: int, height: int, centre: tuple, radius: float, rng)
         for stroke in DIGIT_STROKES[int(row["digit"])]:
             pts = np.asarray(stroke) + rng.normal(0, 0.025, (len(stroke), 2))
             placed = place(pts, unit)
-            draw.line(placed, fill=255, width=width_px, joint="curve")
-            for x, y in (placed[0], placed[-1]):  # round caps, as a pen leaves
-                r = width_px / 2
+            draw.line(placed, fill=255, width=width_px)
+            r = width_px / 2
+            for x, y in placed:  # round joints and caps, as a pen leaves (PIL's joint="curve" is slow)
                 draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
     else:
         for points, fill in SHAPES[row["shape"]]:

@@ -20,7 +20,7 @@ from ..core.errors import SiftbenchError, SubsetError
 from ..core.uids import UID_DTYPE, hex_to_uids, sort_uids
 from .config import DEFECTS
 
-WORLD_VERSION = "1"  # bump on any change to what the generator writes for a given config
+WORLD_VERSION = "2"  # bump on any change to what the generator writes for a given config
 
 
 class WorldError(SiftbenchError):
