@@ -105,7 +105,7 @@ def _store_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .submit import HARNESS, submit
+    from .submission import HARNESS, submit
 
     kwargs = dict(getattr(args, "submit_kwargs", None) or {})
     if args.skip_reevaluation:

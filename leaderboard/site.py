@@ -28,6 +28,17 @@ CSP = (
     "base-uri 'none'; form-action 'none'"
 )
 CSP_HEADER = CSP + "; frame-ancestors 'none'"  # browsers honour frame-ancestors only as a header
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; nothing is downloaded
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 MAX_PLOTTED_ENTRIES = 6  # the per-task plot compares the top entries; more markers are unreadable
 
 
@@ -233,16 +244,3 @@ def screenshot(site_dir: str | Path, png: str | Path, width: int = 1280, height:
         server.shutdown()
         server.server_close()
     return Path(png)
-
-
-CHROMIUM = "/usr/bin/chromium"  # Debian's package; nothing is downloaded
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]

@@ -594,12 +594,12 @@ def check_reevaluation(
             f"cannot re-evaluate the checkpoint here ({e})",
             "install the ML stack (`pip install -e .[ml]`): toy and tiny results are re-evaluated on submit",
         ) from None
-    except SiftbenchError as e:
+    except Exception as e:  # a damaged or hostile checkpoint fails in torch: a refusal, not a traceback
         raise SubmissionRefused(
             run_dir,
             "reevaluation",
-            f"re-evaluation failed: {e}",
-            "submit the checkpoint the results came from",
+            f"re-evaluation failed ({type(e).__name__}: {e})",
+            "submit the checkpoint the results came from, as `siftbench run` saved it",
         ) from None
     diffs = {}
     for task, entry in results["tasks"].items():
