@@ -282,7 +282,7 @@ DEMO_ENTRIES: list[tuple[str, dict[str, Any], float, float, int, int]] = [
 
 def build_demo_store(store: Path, work: Path) -> Path:
     """Synthetic demo entries (labelled as such in docs/leaderboard.md) for the README's screenshot."""
-    from siftbench.leaderboard.submit import submit
+    from siftbench.leaderboard.submission import submit
 
     pool = make_pool(work / "pool", n=400)
     rng = np.random.default_rng(7)
