@@ -37,7 +37,7 @@ def served(tmp_path_factory):
     build_site(store, out)
     server = make_server(out, 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/index.html", load_boards(store)
+    yield f"http://127.0.0.1:{server.server_address[1]}/index.html", load_boards(store), out
     server.shutdown()
     server.server_close()
 
@@ -48,7 +48,7 @@ def test_the_page_in_headless_chromium(served):
     )
     from playwright.sync_api import sync_playwright  # the dev extra; an ImportError fails the test
 
-    url, boards = served
+    url, boards, site = served
     problems: list[str] = []
     dialogs: list[str] = []
     with sync_playwright() as p:
@@ -72,6 +72,13 @@ def test_the_page_in_headless_chromium(served):
             check_hostile_name_is_text(page, toy)
             check_plots_loaded(page)
             page.wait_for_timeout(200)  # let a late onerror fire, if anything planted one
+            # Offline, straight from the disk: same page, same entries, same silence.
+            offline = browser.new_page()
+            offline.on("console", lambda m: problems.append(f"file:// console: {m.text}"))
+            offline.goto((site / "index.html").as_uri())
+            offline.wait_for_selector("table.ranking tbody tr")
+            check_every_entry_is_listed(offline, boards)
+            check_plots_loaded(offline)
         finally:
             browser.close()
     assert dialogs == [], f"a submitted name ran script: {dialogs}"
