@@ -1,9 +1,15 @@
 """The embedded synthetic world: a seeded pool in DataComp's layout with planted, known defects.
 
     from siftbench.benchmark.world import ensure_world
-    world = ensure_world("toy")                # or a dict / DictConfig merged over configs/world/default.yaml
+    world = ensure_world("toy")         # a config name, a dict or a Hydra DictConfig over default.yaml
     world.pool_dir, world.reference_dir, world.eval_dir
-    world.diagnostics(subset)                 # per-defect recall, precision, contamination kept, ...
+    world.oracle_subset()               # the clean pairs, as a DataComp subset
+    world.diagnostics(subset)           # per-defect recall, removal precision, contamination kept, ...
+
+Each pool sample carries at most one defect (ground_truth.parquet at the world root, never under
+pool/): misaligned, wrong_colour, wrong_shape, near_synonym, spam, non_english, exact_duplicate,
+near_duplicate, degenerate, eval_copy. A duplicate's source stays "clean", so the oracle keeps one
+member of every duplicate group. Identical configs give byte-identical worlds on any worker count.
 
 Modules: config (YAML defaults + checks), sampling (what each sample is), captions (text and text
 defects), render (pixels), suite (eval tasks), layout (files on disk), generate (once, atomically),

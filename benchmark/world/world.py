@@ -24,7 +24,7 @@ WORLD_VERSION = "2"  # bump on any change to what the generator writes for a giv
 
 
 class WorldError(SiftbenchError):
-    """A world folder is missing, incomplete, or from another generator version."""
+    """A world folder is missing or incomplete, or the generator broke its own invariants."""
 
 
 @dataclass
