@@ -2,7 +2,7 @@
 
 Each rule has a short name; a refusal names the run, the rule, what is wrong and how to fix it. Nothing
 submitted is unpickled or executed: results.json is parsed as JSON, subset.npy is loaded with
-``allow_pickle=False``, and config files are never read. The checkpoint is only opened by the
+``allow_pickle=False``, and the run's config.yaml is never read. The checkpoint is only opened by the
 re-evaluation step, which must load weights without unpickling (``torch.load(weights_only=True)``).
 
 | rule | refuses |
@@ -31,7 +31,6 @@ re-evaluation step, which must load weights without unpickling (``torch.load(wei
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import re
@@ -49,17 +48,6 @@ from siftbench.benchmark.core.uids import file_sha256, isin_uids, read_subset, u
 TRACKS = ("filtering", "byod")
 CPU_SCALES = ("toy", "tiny")
 REEVAL_TOLERANCE = 1e-4
-HYPERPARAMETER_KEYS = (
-    "model",
-    "samples_seen",
-    "global_batch",
-    "lr",
-    "warmup",
-    "beta1",
-    "beta2",
-    "eps",
-    "weight_decay",
-)
 MAX_NAME_LENGTH = 120
 
 ScaleChecker = Callable[[Mapping[str, Any], str], list[str]]
@@ -159,47 +147,13 @@ def same_value(a: Any, b: Any) -> bool:
     return math.isclose(fa, fb, rel_tol=1e-9, abs_tol=0.0)
 
 
-def diff_hyperparameters(resolved: Mapping[str, Any], reference: Mapping[str, Any]) -> list[str]:
-    """Lines naming each fixed hyperparameter whose resolved value is not the scale's."""
-    out = []
-    for key in HYPERPARAMETER_KEYS:
-        if key not in reference:
-            continue
-        if key not in resolved:
-            out.append(f"{key} missing (the scale fixes {reference[key]!r})")
-        elif not same_value(resolved[key], reference[key]):
-            out.append(f"{key} = {resolved[key]!r}, the scale fixes {reference[key]!r}")
-    return out
-
-
-def yaml_check_scale(resolved: Mapping[str, Any], name: str, root: Path | None = None) -> list[str]:
-    """Compare with ``configs/scale/<name>.yaml`` directly (used until ``benchmark.scales`` exists)."""
-    import yaml  # PyYAML comes with omegaconf; safe_load never constructs Python objects
-
-    if root is None:
-        from importlib.resources import files
-
-        root = Path(str(files("siftbench.configs") / "scale"))
-    path = Path(root) / f"{name}.yaml"
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not path.is_file():
-        known = sorted(p.stem for p in Path(root).glob("*.yaml"))
-        return [f"unknown scale {name!r}; shipped scales: {known or 'none'}"]
-    data = yaml.safe_load(path.read_text()) or {}
-    reference = data.get("hyperparameters", data) if isinstance(data, dict) else {}
-    return diff_hyperparameters(resolved, reference)
-
-
 def shipped_check_scale(resolved: Mapping[str, Any], name: str) -> list[str]:
-    """The harness's own scale check when it is installed, else the YAML comparison above."""
+    """Differences from ``configs/scale/<name>.yaml``, as the harness itself checks them before training."""
+    from siftbench.benchmark.scales import check_scale
+
     try:
-        scales = importlib.import_module("siftbench.benchmark.scales")
-    except ModuleNotFoundError as e:
-        if e.name not in ("siftbench.benchmark.scales",):
-            raise
-        return yaml_check_scale(resolved, name)
-    try:
-        return list(scales.check_scale(dict(resolved), name))
-    except SiftbenchError as e:
+        return list(check_scale(dict(resolved), name))
+    except SiftbenchError as e:  # an unknown scale
         return [str(e)]
 
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from siftbench.benchmark.core.results import SCHEMA_VERSION, validate_results
 from siftbench.benchmark.core.uids import file_sha256, hex_to_uids, write_subset
-from siftbench.leaderboard.validate import diff_hyperparameters, pool_fingerprint
+from siftbench.leaderboard.validate import pool_fingerprint
 
 # The fixture's own scale table, so tests do not depend on configs/scale/*.yaml being written yet.
 SCALES: dict[str, dict[str, Any]] = {
@@ -68,9 +68,14 @@ WORLD = {"version": "1", "hash": "w0r1d"}
 
 
 def fixture_check_scale(resolved: Mapping[str, Any], name: str) -> list[str]:
+    """What benchmark.scales.check_scale does, against the fixture's own table."""
     if name not in SCALES:
         return [f"unknown scale {name!r}; shipped scales: {sorted(SCALES)}"]
-    return diff_hyperparameters(resolved, SCALES[name])
+    return [
+        f"{k}={resolved.get(k)!r} (scale {name!r} fixes {v!r})"
+        for k, v in SCALES[name].items()
+        if resolved.get(k) != v
+    ]
 
 
 def fixture_suite_versions(name: str) -> dict[str, int] | None:
