@@ -296,3 +296,23 @@ def test_evaluate_checkpoint_round_trip_and_mismatch(tiny_model, eval_root: Path
     torch.save(state, checkpoint)
     with pytest.raises(StageError, match="does not fit architecture 'siftbench-tiny'"):
         evaluate_checkpoint("siftbench-tiny", checkpoint, suite, progress=False)
+
+
+def test_evaluate_main_reads_a_run_directory(tiny_model, eval_root: Path, tmp_path: Path):
+    import argparse
+    import json
+
+    from siftbench.benchmark.evaluate import evaluate_main
+
+    run_dir = tmp_path / "runs" / "r"
+    (run_dir / "train").mkdir(parents=True)
+    torch.save(tiny_model[0].state_dict(), run_dir / "train" / "final.pt")
+    (run_dir / "config.yaml").write_text(f"eval_root: {eval_root}\npool: null\nscale: {{model: siftbench-tiny}}\n")
+    (run_dir / "results.json").write_text(json.dumps({"model": {"arch": "siftbench-tiny", "checkpoint": "train/final.pt"}}))
+    args = argparse.Namespace(run_dir=run_dir, model=None, checkpoint=None, pretrained=None,
+                              suite=str(eval_root.parent / "tiny.yaml"), eval_root=None, device="cpu")
+    out = evaluate_main(args)
+    assert out["model"]["checkpoint"] == str(run_dir / "train" / "final.pt")
+    assert list(out["tasks"]) == ["colours", "colours_balanced", "captions"]
+    assert out["average"] == pytest.approx(sum(t["score"] for t in out["tasks"].values()) / 3)
+    assert out["suite"]["name"] == "tiny"
