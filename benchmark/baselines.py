@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from .config import compose_config, to_dict
-from .core.atomic import write_json
+from .core.atomic import write_json, write_text
+from .core.errors import ConfigError
 from .core.results import load_results
 
 SATURATED = 0.95
@@ -123,16 +124,33 @@ def store_oracle_gaps(runs: dict[str, list[Path]], summary: dict[str, Any]) -> N
 
 
 def baselines_main(
-    seeds: Sequence[int], strategies: Sequence[str] | None, overrides: Sequence[str], out: Path | None, progress: bool = True
+    seeds: Sequence[int],
+    strategies: Sequence[str] | None,
+    overrides: Sequence[str],
+    out: Path | None = None,
+    submit: bool = False,
+    store: Path | None = None,
+    progress: bool = True,
 ) -> str:
+    """Run the baseline set, print its table; optionally submit every strategy to the leaderboard."""
     cfg = compose_config(["+experiment=baselines", *overrides])
     table_cfg = to_dict(cfg.experiment)
     chosen = {k: v for k, v in table_cfg["strategies"].items() if not strategies or k in strategies}
+    unknown = sorted(set(strategies or ()) - set(table_cfg["strategies"]))
+    if unknown:
+        raise ConfigError(f"unknown strategies {unknown}; configs/experiment/baselines.yaml has {list(table_cfg['strategies'])}")
     runs = run_baselines(chosen, seeds, overrides, progress=progress)
     summary = summarize_table(collect(runs))
     store_oracle_gaps(runs, summary)
     table = markdown_table(summary)
     if out is not None:
         write_json(Path(out).with_suffix(".json"), summary)
-        Path(out).write_text(table)
+        write_text(Path(out), table)
+    if submit:
+        from siftbench.leaderboard.submission import submit_groups
+
+        # The oracle reads the world's ground truth: a reference line, never a leaderboard entry.
+        entries = {label: dirs for label, dirs in runs.items() if label != "oracle"}
+        for result in submit_groups(entries, "filtering", store):
+            print(result.summary())
     return table

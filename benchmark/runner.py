@@ -7,7 +7,6 @@ Each stage skips work whose output already exists, so rerunning a crashed run re
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import subprocess
 import time
@@ -17,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from .config import import_plugins, to_dict
 from .core.atomic import write_json, write_text
 from .core.errors import ConfigError
 from .core.pool import Pool
 from .core.results import SCHEMA_VERSION, validate_results
-from .core.uids import file_sha256, isin_uids, read_subset, write_subset
+from .core.uids import file_sha256, read_subset, write_subset
 from .executors import make_executor
 from .pipeline import plan_from_config, run_filter
 
@@ -180,20 +178,10 @@ def eval_root(cfg: Any, world: Any | None) -> Path:
 
 
 def pool_identity(pool_root: Path, world: Any | None) -> dict[str, Any]:
-    """Size and a cheap fingerprint of the pool's metadata (file names and row counts)."""
+    """Size and identity of the pool: the world's content hash, or a fingerprint of the metadata."""
     pool = Pool.open(pool_root)
-    h = hashlib.sha256()
-    rows = 0
-    for f in pool.metadata_files:
-        n = pq.ParquetFile(f).metadata.num_rows
-        rows += n
-        h.update(f"{f.name}:{n}\n".encode())
-    return {"path": str(pool_root), "size": rows, "hash": world.content_hash if world is not None else h.hexdigest()}
-
-
-def subset_in_pool(pool_root: Path, subset: np.ndarray) -> int:
-    """How many subset entries are not pool uids."""
-    return int((~isin_uids(subset, Pool.open(pool_root).all_uids())).sum())
+    return {"path": str(pool_root), "size": len(pool),
+            "hash": world.content_hash if world is not None else pool.fingerprint()}
 
 
 def git_revision() -> str | None:
@@ -240,7 +228,8 @@ def render_report(results: dict[str, Any], subset_stats: dict[str, Any]) -> str:
         lines += ["", "## Planted defects (world ground truth)", "", "| defect | planted | removed | recall |",
                   "|---|---|---|---|"]
         for defect, d in diag.get("defects", {}).items():
-            lines.append(f"| {defect} | {d['planted']:,} | {d['removed']:,} | {d['recall']:.2f} |")
+            recall = "–" if d["recall"] is None else f"{d['recall']:.2f}"
+            lines.append(f"| {defect} | {d['planted']:,} | {d['removed']:,} | {recall} |")
         extra = {k: v for k, v in diag.items() if k != "defects" and not isinstance(v, dict | list)}
         lines += [""] + [f"- {k}: {v}" for k, v in extra.items()]
     return "\n".join(lines) + "\n"

@@ -411,14 +411,10 @@ def pool_uid_index(pool_root: Path, cache_dir: Path | None = None) -> np.ndarray
 
 
 def pool_fingerprint(pool_root: Path) -> str:
-    """sha256 of the metadata files' names and row counts: what results.json's pool.hash records for a
-    pool that is not the embedded world (the runner's ``pool_identity``)."""
-    import pyarrow.parquet as pq
+    """What results.json's pool.hash records for a pool that is not the embedded world."""
+    from siftbench.benchmark.core.pool import Pool
 
-    h = hashlib.sha256()
-    for f in sorted((pool_root / "metadata").glob("*.parquet")):
-        h.update(f"{f.name}:{pq.ParquetFile(f).metadata.num_rows}\n".encode())
-    return h.hexdigest()
+    return Pool.open(pool_root).fingerprint()
 
 
 def check_pool_identity(results: Mapping[str, Any], pool_root: Path, run_dir: Path) -> Path | None:

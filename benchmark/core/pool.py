@@ -12,6 +12,7 @@ Our embeddings store their uid array, so they are joined on uid, never on row or
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -164,6 +165,13 @@ class Pool:
 
     def __len__(self) -> int:
         return sum(pq.ParquetFile(f).metadata.num_rows for f in self.metadata_files)
+
+    def fingerprint(self) -> str:
+        """sha256 of the metadata files' names and row counts: cheap, and changes when the pool does."""
+        h = hashlib.sha256()
+        for f in self.metadata_files:
+            h.update(f"{f.name}:{pq.ParquetFile(f).metadata.num_rows}\n".encode())
+        return h.hexdigest()
 
 
 def _check_rows(array: np.ndarray, rows: int, path: Path, key: str) -> np.ndarray:
