@@ -133,7 +133,7 @@ def embed_tars(
                 shard.add(*_encode(model, device, dim, *item[2:]))
                 shard.model_seconds += time.perf_counter() - clock
             else:
-                shard.finish(out, pool_root, counts=item[2])
+                shard.finish(out, pool_root, counts=Counter(item[2]))
                 del pending[item[1]]
                 bar.update(1)
 
@@ -182,7 +182,7 @@ class _Shard:
         })
         with atomic_path(out / f"{self.tar.stem}.npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, uid=uids, image=image.astype(np.float16), text=text.astype(np.float16),
-                     similarity=similarity.astype(np.float32))
+                     similarity=similarity)
 
 
 def _encode(model: Any, device: str, dim: int, uids: list[str], images: Any, image_rows: list[int], tokens: Any,
@@ -260,7 +260,8 @@ def _decode_shard(index: int, tar: Path, preprocess: Callable, tokenizer: Callab
         counts["damaged_tar"] += 1
     if batch:
         yield flush()
-    yield "end", index, counts
+    # a plain dict: DataLoader's default_convert copies a Counter and then update()s it, doubling it
+    yield "end", index, dict(counts)
 
 
 def benchmark_embed_throughput(

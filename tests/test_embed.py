@@ -187,10 +187,12 @@ def test_damaged_tar_counts_and_fills_missing_uids(tmp_path: Path, checkpoint: P
 
 def test_executor_and_decode_workers_give_the_same_files(tmp_path: Path, checkpoint: Path):
     reference = build_pool(tmp_path / "a", per_shard=3)
-    embed(reference, checkpoint)
+    want_stats = embed(reference, checkpoint)
     for name, kwargs in (("b", {"executor": LocalExecutor(workers=1, progress=False)}), ("c", {"num_workers": 1})):
         pool = build_pool(tmp_path / name, per_shard=3)
-        embed(pool, checkpoint, **kwargs)
+        stats = embed(pool, checkpoint, **kwargs)
+        for key in ("samples", "rows", "embedded", "reasons"):
+            assert stats[key] == want_stats[key], (name, key)
         for shard in ("00000000.npz", "00000001.npz"):
             want = load_npz(reference / "embeddings" / KEY / shard)
             got = load_npz(pool / "embeddings" / KEY / shard)
