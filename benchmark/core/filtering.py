@@ -55,6 +55,8 @@ class Decision:
     keep: np.ndarray
     reason: np.ndarray
     reason_names: tuple[str, ...]
+    # What a filter wants recorded beside its drop counts (concept counts, cluster sizes): JSON-able.
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_mask(cls, keep: np.ndarray, reason: str) -> Decision:
