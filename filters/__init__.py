@@ -1,3 +1,12 @@
 """Built-in filtering strategies, one module each; importing this package registers them by name."""
 
-from . import basic, clip_score, concept_match, no_filter, random_subset  # noqa: F401
+from . import (  # noqa: F401
+    basic,
+    clip_score,
+    concept_match,
+    exact_dedup,
+    no_filter,
+    perceptual_dedup,
+    random_subset,
+    semantic_dedup,
+)
