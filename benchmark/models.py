@@ -47,7 +47,6 @@ def load_model(arch: str, checkpoint: str | Path | None = None, pretrained: str 
                 "pass the --model the checkpoint was trained with"
             ) from None
     model.eval()
-    torch.set_grad_enabled(False)
     return model, preprocess, open_clip.get_tokenizer(arch)
 
 
