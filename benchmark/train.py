@@ -400,13 +400,17 @@ def benchmark_training_throughput(
     import tempfile
 
     threads = torch_threads(device, 1)
-    compute = _compute_only_rate(scale, device, threads, steps, warmup_steps, seed)
+    before = _compute_only_rate(scale, device, threads, steps, warmup_steps, seed)
     short = dict(typed_scale(dict(scale)), samples_seen=(steps + warmup_steps) * scale["global_batch"], epochs=1,
                  warmup=min(scale["warmup"], steps), comparable=False)
     with tempfile.TemporaryDirectory(prefix="siftbench-bench-") as tmp:
         run_dir = Path(out_dir) if out_dir is not None else Path(tmp)
         train(shards_dir, short, run_dir, seed, device=device, resume=False, progress=progress, log_every_n_steps=1)
         stats = json.loads((run_dir / "train_stats.json").read_text())
+        data_wait = _mean_data_time(run_dir / "train.log", skip=warmup_steps)
+    # Measured on both sides of the real run, so a machine whose load drifts meanwhile biases neither side.
+    after = _compute_only_rate(scale, device, threads, steps, warmup_steps, seed)
+    compute = (before + after) / 2
     # Progress points come one per step here; skip the warm-up steps (loader start, first allocations).
     points = stats["progress_points"]
     end_to_end = None
@@ -422,6 +426,8 @@ def benchmark_training_throughput(
         "workers": scale["workers"],
         "steps": steps,
         "compute_only_samples_per_s": round(compute, 1),
+        "compute_only_before_after": [round(before, 1), round(after, 1)],
+        "data_wait_s_per_step": data_wait,
         "end_to_end_samples_per_s": round(end_to_end, 1) if end_to_end else None,
         "end_to_end_loop_samples_per_s": stats["samples_per_s"],
         "ratio": round(end_to_end / compute, 3) if end_to_end else None,
@@ -432,11 +438,15 @@ def benchmark_training_throughput(
     return result
 
 
+def _mean_data_time(log: Path, skip: int) -> float | None:
+    """open_clip_train's "Data (t)": how long each step waited for the loader (0 = it keeps up)."""
+    values = [float(v) for v in re.findall(r"Data \(t\): ([0-9.]+)", log.read_text())[skip:]]
+    return round(sum(values) / len(values), 4) if values else None
+
+
 def _compute_only_rate(scale: dict[str, Any], device: str, threads: int, steps: int, warmup_steps: int,
                        seed: int) -> float:
-    import open_clip
     import torch
-    from open_clip.loss import ClipLoss
 
     from .models import register_model_configs
 
@@ -444,6 +454,18 @@ def _compute_only_rate(scale: dict[str, Any], device: str, threads: int, steps: 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        return _timed_steps(scale, device, steps, warmup_steps, seed)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _timed_steps(scale: dict[str, Any], device: str, steps: int, warmup_steps: int, seed: int) -> float:
+    import open_clip
+    import torch
+    from open_clip.loss import ClipLoss
+
+    # enable_grad: the caller may have switched autograd off process-wide (models.load_model does).
+    with torch.enable_grad():
         torch.manual_seed(seed)
         precision = resolve_precision(scale["precision"], device)
         model = open_clip.create_model(scale["model"], precision=precision, device=device,
@@ -480,5 +502,27 @@ def _compute_only_rate(scale: dict[str, Any], device: str, threads: int, steps: 
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return steps * batch / (time.perf_counter() - clock)
-    finally:
-        torch.set_num_threads(previous)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m siftbench.benchmark.train SHARDS_DIR [--scale tiny] [--steps 20]``: the throughput check."""
+    import argparse
+
+    # Before torch loads (the compute-only half runs in this process): the trainer's own setting.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .scales import load_scale
+
+    parser = argparse.ArgumentParser(prog="python -m siftbench.benchmark.train", description=main.__doc__)
+    parser.add_argument("shards_dir", type=Path, help="training shards written by reshard")
+    parser.add_argument("--scale", default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup-steps", type=int, default=3)
+    args = parser.parse_args(argv)
+    result = benchmark_training_throughput(args.shards_dir, load_scale(args.scale), device=args.device,
+                                           steps=args.steps, warmup_steps=args.warmup_steps)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -186,10 +186,24 @@ def test_ddp_patch_accepts_cpu_device_ids(tmp_path, monkeypatch):
         dist.destroy_process_group()
 
 
-@pytest.mark.skipif(os.environ.get("SIFTBENCH_SLOW_TESTS") != "1", reason="two training processes: set SIFTBENCH_SLOW_TESTS=1")
+slow = pytest.mark.skipif(os.environ.get("SIFTBENCH_SLOW_TESTS") != "1",
+                          reason="another training process: set SIFTBENCH_SLOW_TESTS=1")
+
+
+@slow
 def test_two_processes_under_torchrun_on_cpu(shards, tmp_path):
     # 5 batches per epoch over 2 processes x 2 loader workers: exact only with the launcher's epoch patch.
     scale = dict(load_scale("toy"), samples_seen=640, workers=2, comparable=False)
     train(shards, scale, tmp_path / "run", seed=0, nproc=2, progress=False)
     stats = json.loads((tmp_path / "run" / "train_stats.json").read_text())
     assert stats["samples_seen_actual"] == 640 and stats["per_process_batch"] == 32
+
+
+@slow
+def test_throughput_benchmark_reports_both_rates(shards, capsys):
+    from siftbench.benchmark.train import benchmark_training_throughput
+
+    result = benchmark_training_throughput(shards, load_scale("toy"), steps=3, warmup_steps=1)
+    assert result["compute_only_samples_per_s"] > 0 and result["end_to_end_samples_per_s"] > 0
+    assert result["ratio"] == pytest.approx(result["end_to_end_samples_per_s"] / result["compute_only_samples_per_s"], rel=0.01)
+    assert "compute-only" in capsys.readouterr().out
