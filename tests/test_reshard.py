@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pool_factory import make_tiny_pool
+
 from siftbench.benchmark import reshard as reshard_mod
 from siftbench.benchmark.core.errors import PoolError, StageError, SubsetError
 from siftbench.benchmark.core.pool import iter_tar_samples, sample_uid
