@@ -28,10 +28,13 @@ from ._neighbours import assign, normalised_rows, train_kmeans, uid_rank
 CONCEPT_SOURCES = ("caption", "zeroshot", "cluster")
 _PUNCTUATION = r"[.,;:!?\"'()\[\]{}<>/\\|#*]"
 _WHITESPACE = r"[\s\v\x{1c}-\x{1f}\x{85}\p{Z}]+"  # what Python's str.split() splits on
+# ASCII fast path: punctuation and whitespace (but not the NUL separator) become a space.
+_ASCII_TABLE = bytes(32 if (chr(b) in ".,;:!?\"'()[]{}<>/\\|#*" or chr(b).isspace()) and b else b for b in range(256))
 
 
 def normalise_texts(texts: Sequence[str] | np.ndarray):
-    """Lower-case, punctuation -> space, whitespace runs -> one space (an Arrow string array)."""
+    """Lower-case, punctuation -> space, whitespace runs -> one space (an Arrow string array; the
+    NUL separator survives)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -78,25 +81,27 @@ class ConceptMatcher:
     def match(self, texts: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row, concept) for every vocabulary entry named in each text, each pair once, rows ascending,
         concepts in order of first appearance within a row."""
-        import pyarrow.compute as pc
-
-        norm = normalise_texts(texts)
-        padded = pc.binary_join_element_wise("", norm, "", " ")  # " " + text + " "
-        n = len(padded)
-        if n == 0:
+        texts = [t if isinstance(t, str) else "" for t in texts]
+        if not texts:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        data = padded.buffers()[2]
-        offsets = np.frombuffer(padded.buffers()[1], dtype=np.int32)[padded.offset : padded.offset + n + 1]
-        raw = data.to_pybytes()[offsets[0] : offsets[-1]] if data is not None else b""
-        if raw.isascii():
-            starts = (offsets[:-1] - offsets[0]).astype(np.int64)
-        else:  # automaton positions are characters, Arrow offsets are bytes
-            lengths = pc.utf8_length(padded).to_numpy(zero_copy_only=False).astype(np.int64)
-            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        # Adjacent captions meet as "...x  y...": an entry never contains two spaces, so no match spans two.
-        flat = np.fromiter(itertools.chain.from_iterable(self._automaton.iter(raw.decode("utf-8"))), dtype=np.int64)
+        # One string: " caption \0 caption \0 ... ", normalised in one pass. An entry never holds
+        # a NUL or two spaces, so no match can span two captions.
+        joined = " " + " \0 ".join(texts) + " "
+        if joined.isascii():
+            raw = np.frombuffer(joined.encode("ascii").lower().translate(_ASCII_TABLE), dtype=np.uint8)
+            doubled = np.zeros(len(raw), dtype=bool)
+            doubled[1:] = (raw[1:] == 32) & (raw[:-1] == 32)
+            raw = raw[~doubled]
+            text = raw.tobytes().decode("ascii")
+            separators = np.flatnonzero(raw == 0)
+        else:
+            import pyarrow as pa
+
+            text = normalise_texts(pa.array([joined])).to_pylist()[0]
+            separators = np.flatnonzero(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32) == 0)
+        flat = np.fromiter(itertools.chain.from_iterable(self._automaton.iter(text)), dtype=np.int64)
         ends, concepts = flat[0::2], flat[1::2]
-        rows = np.searchsorted(starts, ends, side="right") - 1
+        rows = np.searchsorted(separators, ends)
         key = rows * len(self.entries) + concepts
         _, first = np.unique(key, return_index=True)
         first.sort()

@@ -74,6 +74,7 @@ def greedy_drop(rank: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """
     n = len(rank)
     state = np.zeros(n, dtype=np.int8)  # 0 undecided, 1 kept, 2 dropped
+    i, j = np.asarray(i)[i != j], np.asarray(j)[i != j]  # a row is no duplicate of itself
     if len(i) == 0:
         return np.zeros(n, dtype=bool)
     swap = rank[i] > rank[j]

@@ -12,7 +12,7 @@ from siftbench.benchmark.core.filtering import Decision, Filter, SelectContext, 
 from siftbench.benchmark.core.pool import ShardBatch
 
 from ._embeddings import embedding_frame, embedding_matrix
-from ._neighbours import clustered_pairs, first_of_groups, greedy_drop, normalised_rows, rank_by, uid_rank
+from ._neighbours import clustered_pairs, first_of_groups, greedy_drop, rank_by, uid_rank
 
 KEEP_POLICIES = ("first_uid", "random", "central", "outlier")
 REASONS = ("invalid_embedding", "semantic_duplicate")
@@ -159,7 +159,7 @@ def _scan(vectors: Any, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     multipliers = np.random.default_rng(0x5EED).integers(1, 2**63, size=words, dtype=np.uint64) | np.uint64(1)
     for s in range(0, n, chunk):
         x = np.ascontiguousarray(vectors[s : s + chunk])
-        valid[s : s + len(x)] = normalised_rows(x)[1]
+        valid[s : s + len(x)] = np.isfinite(x).all(axis=1) & (x != 0).any(axis=1)
         raw = x.view(np.uint8).reshape(len(x), width)
         if width % 8:
             raw = np.pad(raw, ((0, 0), (0, words * 8 - width)))

@@ -64,6 +64,17 @@ def test_batch_matcher_equals_concept_match_one_caption_at_a_time():
         assert ids[rows == r].tolist() == one_by_one.match(text or ""), text
 
 
+def test_ascii_fast_path_and_unicode_path_agree():
+    vocabulary = ["red car", "cat", "dog"]
+    ascii_texts = ["A red\tcar!", "cat,dog", "red  car", "no", "DOG."]
+    matcher = ConceptMatcher(vocabulary, "test")
+    fast = matcher.match(np.array(ascii_texts, dtype=object))
+    slow = matcher.match(np.array([*ascii_texts, "naïve cat"], dtype=object))  # one non-ASCII caption
+    keep = slow[0] < len(ascii_texts)
+    assert np.array_equal(fast[0], slow[0][keep]) and np.array_equal(fast[1], slow[1][keep])
+    assert slow[1][~keep].tolist() == [1]
+
+
 @pytest.mark.parametrize(("vocabulary", "match"), [
     ([], "empty"),
     (["cat", "Cat "], "duplicates"),
