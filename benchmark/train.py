@@ -380,8 +380,8 @@ def _versions() -> dict[str, str]:
 
 
 def benchmark_training_throughput(
-    shards_dir: Path,
-    scale: dict[str, Any],
+    shards_dir: Path | None = None,
+    scale: dict[str, Any] | None = None,
     out_dir: Path | None = None,
     seed: int = 0,
     device: str = "cpu",
@@ -395,10 +395,18 @@ def benchmark_training_throughput(
     model, batch, threads and precision as the trainer. End-to-end: the real trainer (subprocess, loader
     workers, shards) for ``warmup_steps + steps`` steps, timed from the end of step ``warmup_steps`` so
     neither process startup nor loader warm-up counts. A ratio well below 1 means the loader (or
-    something else outside the model) is the bottleneck.
+    something else outside the model) is the bottleneck. Defaults: the ``tiny`` scale, on synthetic
+    shards of random images at the scale's size (written to a temporary folder).
     """
     import tempfile
 
+    from .scales import load_scale
+
+    scale = scale if scale is not None else load_scale("tiny")
+    if shards_dir is None:
+        with tempfile.TemporaryDirectory(prefix="siftbench-bench-shards-") as tmp:
+            _synthetic_shards(Path(tmp), scale["image_size"], n_shards=max(2, scale["workers"]))
+            return benchmark_training_throughput(Path(tmp), scale, out_dir, seed, device, steps, warmup_steps, progress)
     threads = torch_threads(device, 1)
     before = _compute_only_rate(scale, device, threads, steps, warmup_steps, seed)
     short = dict(typed_scale(dict(scale)), samples_seen=(steps + warmup_steps) * scale["global_batch"], epochs=1,
@@ -436,6 +444,28 @@ def benchmark_training_throughput(
           f"compute-only {result['compute_only_samples_per_s']} samples/s, end-to-end "
           f"{result['end_to_end_samples_per_s']} samples/s, ratio {result['ratio']}")
     return result
+
+
+def _synthetic_shards(folder: Path, image_size: int, n_shards: int, per_shard: int = 256) -> None:
+    """Training shards of random-pixel PNGs (the costliest to decode) with captions of typical length."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    words = ["red", "green", "blue", "small", "large", "circle", "square", "star", "on", "a", "striped", "background"]
+    for s in range(n_shards):
+        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
+            for i in range(per_shard):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)).save(buf, "PNG")
+                caption = " ".join(rng.choice(words, size=8)).encode()
+                for ext, data in (("png", buf.getvalue()), ("txt", caption)):
+                    info = tarfile.TarInfo(f"{s:05d}{i:05d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
 
 
 def _mean_data_time(log: Path, skip: int) -> float | None:
@@ -505,7 +535,7 @@ def _timed_steps(scale: dict[str, Any], device: str, steps: int, warmup_steps: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m siftbench.benchmark.train SHARDS_DIR [--scale tiny] [--steps 20]``: the throughput check."""
+    """``python -m siftbench.benchmark.train [SHARDS_DIR] [--scale tiny] [--steps 20]``: the throughput check."""
     import argparse
 
     # Before torch loads (the compute-only half runs in this process): the trainer's own setting.
@@ -513,7 +543,7 @@ def main(argv: list[str] | None = None) -> None:
     from .scales import load_scale
 
     parser = argparse.ArgumentParser(prog="python -m siftbench.benchmark.train", description=main.__doc__)
-    parser.add_argument("shards_dir", type=Path, help="training shards written by reshard")
+    parser.add_argument("shards_dir", type=Path, nargs="?", help="training shards (default: synthetic ones)")
     parser.add_argument("--scale", default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=20)
