@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,9 @@ EXAMPLES = """examples:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Busy-waiting OpenMP threads made CPU steps 5x slower on a shared 2-core machine; torch reads this
+    # when it is first imported, which happens inside the subcommands.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     # Overrides may come after options (`filter POOL --out DIR filter=basic`): argparse leaves those over.
     args, extra = parser.parse_known_args(argv)
@@ -152,6 +156,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_baselines(args: argparse.Namespace) -> int:
     from .baselines import baselines_main
 
+    # `--strategies a b scale=demo`: argparse hands the override to --strategies; give it back.
+    if args.strategies:
+        args.overrides += [s for s in args.strategies if "=" in s]
+        args.strategies = [s for s in args.strategies if "=" not in s]
     print(baselines_main(args.seeds, args.strategies, args.overrides, args.out, submit=args.submit, store=args.store))
     return 0
 

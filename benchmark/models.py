@@ -30,7 +30,6 @@ def load_model(arch: str, checkpoint: str | Path | None = None, pretrained: str 
     (nothing is downloaded: HF_HUB_OFFLINE is honoured by open_clip).
     """
     import open_clip
-    import torch
 
     register_model_configs()
     if arch not in open_clip.list_models():

@@ -252,7 +252,7 @@ def _wanted_sorted(path: str) -> np.ndarray:
 
 def _index_tar(task: tuple[str, int, str, str]) -> None:
     """Scan one pool tar; save the subset's samples (uid, byte ranges) and what was damaged or incomplete."""
-    from .core.pool import _data_after_end
+    from .core.pool import data_after_end
 
     tar_path, src, wanted_path, out_path = task
     path = Path(tar_path)
@@ -285,7 +285,7 @@ def _index_tar(task: tuple[str, int, str, str]) -> None:
             end = tar.offset
     except (tarfile.TarError, EOFError, OSError):
         damaged = True
-    if damaged or (end is not None and _data_after_end(path, end) is not None):
+    if damaged or (end is not None and data_after_end(path, end) is not None):
         counts["damaged_tars"] += 1
 
     rows = []

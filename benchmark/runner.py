@@ -62,20 +62,21 @@ def run_experiment(cfg: Any, progress: bool = True) -> Path:
     say(f"[siftbench] {run_dir.name}: kept {subset_stats['kept']:,} of {subset_stats['pool_size']:,} pairs")
 
     from .reshard import reshard
-    from .scales import load_scale, resolved_scale
+    from .scales import check_scale, resolved_scale
     from .train import train
 
     scale = resolved_scale(to_dict(cfg.scale))
     clock = time.perf_counter()
     shard_stats = reshard(
         pool_root, read_subset(run_dir / "subset.npy"), run_dir / "shards", seed=int(cfg.seed),
-        min_shards=max(2, int(scale.get("workers", 1))), progress=progress,
+        # webdataset 0.2.86 raises when a process has fewer shards than loader workers.
+        min_shards=max(2, int(scale["workers"]) * int(cfg.nproc)), progress=progress,
     )
     timings["reshard"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     checkpoint = train(run_dir / "shards", scale, run_dir / "train", seed=int(cfg.seed), device=cfg.device,
-                       progress=progress)
+                       nproc=int(cfg.nproc), progress=progress)
     timings["train"] = time.perf_counter() - clock
 
     from siftbench.eval_suite import load_suite, summarize
@@ -100,7 +101,7 @@ def run_experiment(cfg: Any, progress: bool = True) -> Path:
             "library_versions": library_versions(),
             "wall_times_s": {k: round(v, 2) for k, v in timings.items()},
         },
-        "scale": {"name": cfg.scale.name, "hyperparameters": scale, "comparable": load_scale(cfg.scale.name) == scale},
+        "scale": {"name": cfg.scale.name, "hyperparameters": scale, "comparable": scale["comparable"] and not check_scale(scale, cfg.scale.name)},
         "filter": {"config": to_dict(cfg.filter), "filters": subset_stats.get("filters", [])},
         "subset": {
             "path": "subset.npy",

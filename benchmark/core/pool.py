@@ -253,12 +253,12 @@ def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]
         raise PoolError(f"{path}: damaged tar ({e}); samples after this point were skipped") from e
     if current:
         yield current_key, current  # type: ignore[misc]
-    garbage_at = _data_after_end(path, end)
+    garbage_at = data_after_end(path, end)
     if garbage_at is not None:
         raise PoolError(f"{path}: damaged tar (unreadable header at byte {garbage_at}); samples after it were skipped")
 
 
-def _data_after_end(path: Path, end: int) -> int | None:
+def data_after_end(path: Path, end: int) -> int | None:
     """Offset of non-zero bytes after the archive's end, or None.
 
     tarfile treats a garbage header in the middle of an archive as the end of the archive and stops
