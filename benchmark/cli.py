@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="speed benchmarks: training data path vs compute-only, metadata scan rate")
     p.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic metadata pool")
     p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--filters", action="store_true",
+                   help="also the filter library's figures: SemDeDup on 1M x 512, concept matching, 12.8M-row scan")
     p.set_defaults(func=cmd_bench)
 
     try:
@@ -230,6 +232,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_benchmarks
 
     run_benchmarks(rows=args.rows, training=not args.skip_training)
+    if args.filters:
+        from .bench_filters import run_filter_benchmarks
+
+        run_filter_benchmarks()
     return 0
 
 

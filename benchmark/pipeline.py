@@ -156,6 +156,7 @@ def select_subset(pool: Pool, plan: FilterPlan, scores_dir: Path, seed: int) -> 
                 "input": len(rows),
                 "kept": int(decision.keep.sum()),
                 "dropped": decision.dropped(),
+                **({"notes": decision.notes} if decision.notes else {}),
             }
         )
     stats = {

@@ -149,15 +149,33 @@ def select_stage(cfg: Any, pool_root: Path, world: Any | None, run_dir: Path) ->
             "filters": [{"name": "oracle", "version": world.version, "params": {}}],
         }
     else:
+        if world is not None:
+            fill_eval_root(filter_cfg, world)
         plan = plan_from_config(filter_cfg)
+        executor = make_executor(to_dict(cfg.executor))
         if world is not None:
             ensure_world_scores(cfg, world, plan)
-        stats = run_filter(pool_root, filter_cfg, run_dir, seed=int(cfg.seed), executor=make_executor(to_dict(cfg.executor)))
+        if any(e.startswith("imagehash_") for s in plan.steps for e in s.filter.embeddings()):
+            from .image_features import compute_image_features
+
+            compute_image_features(pool_root, executor=executor)  # resumable: a no-op once done
+        stats = run_filter(pool_root, filter_cfg, run_dir, seed=int(cfg.seed), executor=executor)
         stats["filters"] = plan.describe()
     if world is not None:
         stats["diagnostics"] = world.diagnostics(read_subset(run_dir / "subset.npy"))
+    from .plots import write_filter_plots
+
+    stats["plots"] = [str(p.relative_to(run_dir)) for p in write_filter_plots(run_dir, run_dir / "scores", stats)]
     write_json(stats_path, stats)
     return stats
+
+
+def fill_eval_root(filter_cfg: dict[str, Any], world: Any) -> None:
+    """Steps that match against the eval images (eval_root: null) use the world's eval suite."""
+    steps = filter_cfg.get("steps", [filter_cfg])
+    for step in steps:
+        if "eval_root" in step and step["eval_root"] is None:
+            step["eval_root"] = str(world.eval_dir)
 
 
 def ensure_world_scores(cfg: Any, world: Any, plan: Any) -> None:
@@ -221,6 +239,7 @@ def render_report(results: dict[str, Any], subset_stats: dict[str, Any]) -> str:
         lines.append(f"| {task} | {entry['main_metric']} | {entry['score']:.3f} | "
                      f"{'' if chance is None else f'{chance:.3f}'} |")
     lines += ["", f"**Average** {results['average']:.3f}", ""]
+    lines += [f"![{Path(p).stem}]({p})" for p in subset_stats.get("plots", [])]
     for step in subset_stats.get("steps", []):
         dropped = ", ".join(f"{k} {v:,}" for k, v in step["dropped"].items()) or "nothing"
         lines.append(f"- step `{step['step']}`: {step['input']:,} in, {step['kept']:,} kept; dropped {dropped}")

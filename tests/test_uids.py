@@ -68,3 +68,10 @@ def test_missing_subset_file(tmp_path):
 def test_isin_uids():
     pool = hex_to_uids(["01", "02", "03"])
     assert isin_uids(hex_to_uids(["02", "09"]), pool).tolist() == [True, False]
+
+
+def test_sort_uids_orders_low_words_under_equal_high_words():
+    from siftbench.benchmark.core.uids import sort_uids
+
+    uids = np.array([(5, 9), (1, 2), (5, 3), (1, 2), (0, 7)], dtype=UID_DTYPE)
+    assert sort_uids(uids).tolist() == [(0, 7), (1, 2), (1, 2), (5, 3), (5, 9)]

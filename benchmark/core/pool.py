@@ -204,7 +204,13 @@ def _load_aligned(path: Path, uids: np.ndarray, key: str) -> dict[str, np.ndarra
         arrays = {k: z[k] for k in z.files}
     if "uid" not in arrays:
         raise PoolError(f"{path}: no 'uid' array; siftbench embeddings always store the uids they belong to")
-    order = _align(arrays.pop("uid"), uids, path)
+    stored = arrays.pop("uid")
+    if len(stored) != len(uids):
+        raise PoolError(
+            f"{path}: {len(stored)} rows but its metadata shard has {len(uids)}; the pair is out of sync, "
+            f"delete {path.name} and rerun the stage that wrote {path.parent.name}/"
+        )
+    order = _align(stored, uids, path)
     return {_derived_name(key, k): v[order] for k, v in arrays.items()}
 
 
