@@ -186,11 +186,6 @@ def test_ddp_patch_accepts_cpu_device_ids(tmp_path, monkeypatch):
         dist.destroy_process_group()
 
 
-slow = pytest.mark.skipif(os.environ.get("SIFTBENCH_SLOW_TESTS") != "1",
-                          reason="another training process: set SIFTBENCH_SLOW_TESTS=1")
-
-
-@slow
 def test_two_processes_under_torchrun_on_cpu(shards, tmp_path):
     # 5 batches per epoch over 2 processes x 2 loader workers: exact only with the launcher's epoch patch.
     scale = dict(load_scale("toy"), samples_seen=640, workers=2, comparable=False)
@@ -199,7 +194,6 @@ def test_two_processes_under_torchrun_on_cpu(shards, tmp_path):
     assert stats["samples_seen_actual"] == 640 and stats["per_process_batch"] == 32
 
 
-@slow
 def test_throughput_benchmark_reports_both_rates(shards, capsys):
     from siftbench.benchmark.train import benchmark_training_throughput
 
