@@ -4,7 +4,7 @@ Caption matching is MetaCLIP's: captions and entries are lower-cased, punctuatio
 whitespace runs collapse, and an entry matches where `` entry `` (space-padded) occurs in
 `` caption ``, so "cat" matches "a cat." but not "concatenate". The whole shard is normalised by Arrow
 in one pass and searched by one Aho-Corasick scan over the concatenated captions, so no Python runs per
-caption (filters/concept_match.py matches one caption at a time the same way).
+caption. filters/concept_match.py and the balancing filters share this one matcher.
 """
 
 from __future__ import annotations

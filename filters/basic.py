@@ -2,6 +2,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from siftbench.benchmark.core.filtering import Decision, Filter, SelectContext, register_filter
 from siftbench.benchmark.core.pool import ShardBatch
 

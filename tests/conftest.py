@@ -16,3 +16,15 @@ def isolated_cache(tmp_path_factory):
         os.environ.pop("SIFTBENCH_CACHE", None)
     else:
         os.environ["SIFTBENCH_CACHE"] = previous
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny batches gain nothing from a second thread, and on a shared, busy machine spinning OpenMP
+    threads make them many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

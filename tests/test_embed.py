@@ -26,14 +26,7 @@ NAMES = ["red", "green", "blue", "yellow", "cyan"]
 KEY = "tiny"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny batches gain nothing from a second thread, and on a shared, busy machine spinning OpenMP
-    threads make them many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def png(rgb, size: int = 32) -> bytes:

@@ -28,14 +28,7 @@ from siftbench.eval_suite.data import SkipCounter, iter_samples  # noqa: E402
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny batches gain nothing from a second thread, and on a shared, busy machine spinning OpenMP
-    threads make them many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def png(rgb: tuple[int, int, int], size: int = 32) -> bytes:

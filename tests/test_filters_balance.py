@@ -17,7 +17,6 @@ from siftbench.benchmark.core.uids import file_sha256, hex_to_uids, read_subset,
 from siftbench.benchmark.executors import LocalExecutor
 from siftbench.benchmark.pipeline import run_filter
 from siftbench.filters._concepts import ConceptMatcher
-from siftbench.filters.concept_match import ConceptMatch
 
 SHAPES = ["circle", "square", "triangle", "star", "heart", "cross"]
 COLOURS = ["red", "green", "blue"]
@@ -51,17 +50,6 @@ def pool(tmp_path_factory):
 
 def kept(out) -> set[str]:
     return set(uids_to_hex(read_subset(out / "subset.npy")))
-
-
-def test_batch_matcher_equals_concept_match_one_caption_at_a_time():
-    vocabulary = ["cat", "red car", "car", "São Paulo", "c++", "new  york", "e-mail"]
-    texts = ["A cat.", "concatenate", "a RED car!", "red   car", "carpet", "visit são paulo", "I like c++ code",
-             "NEW YORK city", "send an e-mail", "", None, "cat cat cat", "tab\tcat", "x\u00a0cat", "(car)"]  # fmt: skip
-    matcher = ConceptMatcher(vocabulary, "test")
-    rows, ids = matcher.match(np.array(texts, dtype=object))
-    one_by_one = ConceptMatch(vocabulary=[" ".join(v.lower().split()) for v in vocabulary])
-    for r, text in enumerate(texts):
-        assert ids[rows == r].tolist() == one_by_one.match(text or ""), text
 
 
 def test_ascii_fast_path_and_unicode_path_agree():
