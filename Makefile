@@ -20,7 +20,7 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 demo: setup
-	$(VENV)/bin/siftbench baselines --seeds 0 --strategies no_filter random clip_score oracle scale=demo
+	$(VENV)/bin/siftbench baselines --seeds 0 --strategies no_filter random clip_score scale=demo
 
 test: setup browser
 	$(VENV)/bin/ruff check .
@@ -30,7 +30,7 @@ bench: setup
 	$(VENV)/bin/siftbench bench
 
 baselines: setup
-	$(VENV)/bin/siftbench baselines --seeds 0 1 2 --out docs/results/baselines-tiny.md scale=tiny
+	$(VENV)/bin/siftbench baselines --seeds 0 1 2 --strategies no_filter random clip_score oracle scale=tiny --out docs/results/baselines-tiny.md
 
 clean:
 	rm -rf runs site .pytest_cache
