@@ -111,6 +111,8 @@ class Filter:
 def build_filter(name: str, params: dict[str, Any] | None = None) -> Filter:
     """Instantiate a registered filter; unknown parameters are a ConfigError listing the known ones."""
     cls = FILTERS.get(name)
+    if not cls.name:  # registered through an entry point rather than @register_filter
+        cls.name = name
     params = dict(params or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - known)
