@@ -105,6 +105,33 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
+def plot_summary(summary: dict[str, Any], path: Path) -> Path:
+    """Per-task bars (mean ± std over seeds) for every strategy: the table, for people who would rather look."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["rows"]
+    tasks = [*next(iter(rows.values()))["tasks"], "headline"]
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(1.3 * len(tasks) + 2, 4.2), dpi=120)
+    for i, (label, row) in enumerate(rows.items()):
+        stats = [row["headline"] if t == "headline" else row["tasks"][t] for t in tasks]
+        xs = np.arange(len(tasks)) + (i - (len(rows) - 1) / 2) * width
+        ax.bar(xs, [100 * m for m, _ in stats], width, yerr=[100 * s for _, s in stats], capsize=2, label=label)
+    ax.set_xticks(np.arange(len(tasks)), tasks, rotation=20)
+    ax.set_ylabel("score (%)")
+    ax.set_title(f"baselines, mean ± std over seeds {sorted({s for r in rows.values() for s in r['seeds']})}")
+    ax.legend(fontsize=8, ncols=len(rows))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _pm(mean: float, std: float) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
@@ -146,6 +173,7 @@ def baselines_main(
     if out is not None:
         write_json(Path(out).with_suffix(".json"), summary)
         write_text(Path(out), table)
+        plot_summary(summary, Path(out).with_suffix(".png"))
     if submit:
         from siftbench.leaderboard.submission import submit_groups
 

@@ -1,0 +1,45 @@
+"""The baselines table: saturated tasks leave the headline, mean ± std over seeds, oracle gap closed."""
+
+import pytest
+
+from siftbench.benchmark.baselines import markdown_table, plot_summary, summarize_table
+
+
+def results(seed, **scores):
+    return {"run": {"seed": seed}, "subset": {"size": 100},
+            "tasks": {t: {"score": v} for t, v in scores.items()}}
+
+
+@pytest.fixture
+def table():
+    return {
+        "no_filter": [results(0, shapes=0.20, colours=0.99), results(1, shapes=0.22, colours=0.98)],
+        "clip_score": [results(0, shapes=0.30, colours=1.00), results(1, shapes=0.32, colours=0.99)],
+        "oracle": [results(0, shapes=0.40, colours=1.00), results(1, shapes=0.42, colours=1.00)],
+    }
+
+
+def test_saturated_task_leaves_the_headline(table):
+    summary = summarize_table(table)
+    assert summary["left_out"] == ["colours"]
+    assert summary["rows"]["clip_score"]["headline"][0] == pytest.approx(0.31)
+
+
+def test_a_task_saturated_for_only_some_strategies_stays(table):
+    table["no_filter"][0]["tasks"]["colours"]["score"] = 0.5
+    assert summarize_table(table)["left_out"] == []
+
+
+def test_oracle_gap_closed_and_pooled_std(table):
+    summary = summarize_table(table)
+    assert summary["rows"]["clip_score"]["oracle_gap_closed"]["headline"] == pytest.approx(0.5)
+    assert summary["rows"]["no_filter"]["oracle_gap_closed"]["shapes"] == pytest.approx(0.0)
+    assert summary["pooled_std"] == pytest.approx(0.0141421, rel=1e-4)  # every row: std of (x, x + 0.02)
+
+
+def test_markdown_and_plot(table, tmp_path):
+    summary = summarize_table(table)
+    text = markdown_table(summary)
+    assert "| clip_score | 100 | 31.0 ± 1.4 | 99.5 ± 0.7 | **31.0 ± 1.4** | 0.50 |" in text
+    assert "left out (above 95% for every strategy): colours" in text
+    assert plot_summary(summary, tmp_path / "t.png").stat().st_size > 1000
