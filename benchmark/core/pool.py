@@ -7,7 +7,10 @@
       shards/{i:08d}.tar        webdataset: {key}.jpg|png|webp, {key}.txt, {key}.json (holds uid)
       shards/{i:08d}.parquet    img2dataset's per-shard table (uid, key, status, ...)
 
-Our embeddings store their uid array, so they are joined on uid, never on row order.
+Our embeddings store their uid array, so they are joined on uid, never on row order. Derived arrays are
+written per tar shard and read per metadata shard of the same name: true of the embedded world and of
+pools we download. DataComp's own metadata files are named by hash, not by tar shard; joining those needs
+a uid -> tar index (open work, issue #7).
 """
 
 from __future__ import annotations
