@@ -76,9 +76,12 @@ def summarize_table(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return {"headline_tasks": kept, "left_out": left_out, "pooled_std": pooled, "rows": rows}
 
 
+MIN_GAP = 0.01  # below one point between oracle and no_filter, a ratio would only magnify noise
+
+
 def _gap(score: float, no_filter: float, oracle: float) -> float | None:
     span = oracle - no_filter
-    return None if abs(span) < 1e-9 else float((score - no_filter) / span)
+    return None if abs(span) < MIN_GAP else float((score - no_filter) / span)
 
 
 def markdown_table(summary: dict[str, Any]) -> str:

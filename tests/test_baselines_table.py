@@ -43,3 +43,11 @@ def test_markdown_and_plot(table, tmp_path):
     assert "| clip_score | 100 | 31.0 ± 1.4 | 99.5 ± 0.7 | **31.0 ± 1.4** | 0.50 |" in text
     assert "left out (above 95% for every strategy): colours" in text
     assert plot_summary(summary, tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_no_gap_ratio_where_oracle_and_no_filter_are_within_a_point(table):
+    summary = summarize_table(table)
+    assert summary["rows"]["clip_score"]["oracle_gap_closed"]["colours"] is not None  # 98.5 vs 100.0: 1.5 points
+    table["oracle"][0]["tasks"]["colours"]["score"] = 0.99
+    table["oracle"][1]["tasks"]["colours"]["score"] = 0.98
+    assert summarize_table(table)["rows"]["clip_score"]["oracle_gap_closed"]["colours"] is None
