@@ -51,24 +51,30 @@ def run_experiment(cfg: Any, progress: bool = True) -> Path:
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     say = print if progress else (lambda *a, **k: None)
 
+    from siftbench.eval_suite import load_suite, summarize
+
+    from .evaluate import evaluate_checkpoint
+    from .reshard import reshard
+    from .scales import check_scale, resolved_scale
+    from .train import train
+
     clock = time.perf_counter()
     pool_root, world = resolve_pool(cfg)
     timings["world"] = time.perf_counter() - clock
     say(f"[siftbench] {run_dir.name}: pool {pool_root}")
+    # A bad scale override or a missing eval set must fail now, not after minutes of filtering and training.
+    scale = resolved_scale(to_dict(cfg.scale))
+    suite = load_suite(cfg.eval.name, root=eval_root(cfg, world))
 
     clock = time.perf_counter()
     subset_stats = select_stage(cfg, pool_root, world, run_dir)
     timings["filter"] = time.perf_counter() - clock
     say(f"[siftbench] {run_dir.name}: kept {subset_stats['kept']:,} of {subset_stats['pool_size']:,} pairs")
 
-    from .reshard import reshard
-    from .scales import check_scale, resolved_scale
-    from .train import train
-
-    scale = resolved_scale(to_dict(cfg.scale))
+    subset = read_subset(run_dir / "subset.npy")
     clock = time.perf_counter()
     shard_stats = reshard(
-        pool_root, read_subset(run_dir / "subset.npy"), run_dir / "shards", seed=int(cfg.seed),
+        pool_root, subset, run_dir / "shards", seed=int(cfg.seed),
         # webdataset 0.2.86 raises when a process has fewer shards than loader workers.
         min_shards=max(2, int(scale["workers"]) * int(cfg.nproc)), progress=progress,
     )
@@ -79,17 +85,11 @@ def run_experiment(cfg: Any, progress: bool = True) -> Path:
                        nproc=int(cfg.nproc), progress=progress)
     timings["train"] = time.perf_counter() - clock
 
-    from siftbench.eval_suite import load_suite, summarize
-
-    from .evaluate import evaluate_checkpoint
-
     clock = time.perf_counter()
-    suite = load_suite(cfg.eval.name, root=eval_root(cfg, world))
     tasks = evaluate_checkpoint(scale["model"], checkpoint, suite, device=cfg.device)
     timings["evaluate"] = time.perf_counter() - clock
 
     summary = summarize(tasks)
-    subset = read_subset(run_dir / "subset.npy")
     results = {
         "schema_version": SCHEMA_VERSION,
         "run": {
