@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   siftbench world                                       # generate (or find) the embedded world
   siftbench filter runs/my-pool --out runs/my-filter filter=basic
   siftbench evaluate runs/clip_score-tiny-s0
+  siftbench train SHARDS --scale medium --out runs/m --slurm --nodes 2 --gpus-per-node 8 --partition gpu
   siftbench scales
 """
 
@@ -107,8 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default="toy")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", help="cpu (default), or cuda (default with --slurm)")
     p.add_argument("--nproc", type=int, default=1, help="processes (torchrun) on this machine")
+    slurm = p.add_argument_group("SLURM (writes an sbatch script and prints the sbatch command; submits nothing)")
+    slurm.add_argument("--slurm", action="store_true", help="write <out>/slurm/train.sbatch instead of training")
+    slurm.add_argument("--nodes", type=int, default=1)
+    slurm.add_argument("--gpus-per-node", type=int, default=8)
+    slurm.add_argument("--partition")
+    slurm.add_argument("--account")
+    slurm.add_argument("--time", default="24:00:00", help="time limit per job (a requeued job starts a new one)")
+    slurm.add_argument("--cpus-per-task", type=int, help="CPUs per node (default: gpus x (loader workers + 1))")
+    slurm.add_argument("--per-gpu-batch", type=int,
+                       help="largest batch that fits one GPU; the rest is gradient accumulation")
+    slurm.add_argument("--requeue", action=argparse.BooleanOptionalAction, default=True,
+                       help="requeue near the time limit / on preemption and resume from the latest checkpoint")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run directory, or an architecture + checkpoint, on a suite")
@@ -210,7 +223,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .scales import load_scale
     from .train import train
 
-    print(train(args.shards, load_scale(args.scale), args.out, seed=args.seed, device=args.device, nproc=args.nproc))
+    if args.slurm:
+        from .slurm import write_slurm_job
+
+        job = write_slurm_job(args.shards, load_scale(args.scale), args.out, seed=args.seed, nodes=args.nodes,
+                              gpus_per_node=args.gpus_per_node, partition=args.partition, time_limit=args.time,
+                              account=args.account, cpus_per_task=args.cpus_per_task,
+                              max_per_gpu_batch=args.per_gpu_batch, requeue=args.requeue,
+                              device=args.device or "cuda")
+        print(job.describe())
+        return 0
+    print(train(args.shards, load_scale(args.scale), args.out, seed=args.seed, device=args.device or "cpu",
+                nproc=args.nproc))
     return 0
 
 

@@ -62,31 +62,17 @@ def train(
     started = time.perf_counter()
     shards_dir, out_dir = Path(shards_dir).resolve(), Path(out_dir).resolve()
     scale = typed_scale(dict(scale), where=f"scale {scale.get('name')!r}")
-    plan = _plan(shards_dir, scale, seed, device, nproc, accum_freq, log_every_n_steps)
+    plan = plan_run(shards_dir, scale, seed, device, nproc, accum_freq, log_every_n_steps)
     final = out_dir / RUN_NAME / "checkpoints" / f"epoch_{scale['epochs']}.pt"
 
-    config = {"scale": {k: v for k, v in scale.items() if k != "workers"}, "seed": int(seed),
-              "global_batch": scale["global_batch"], "shards": plan["shards_identity"]}
-    config_path = out_dir / "train_config.json"
+    config = run_config(scale, seed, plan)
     if (out_dir / RUN_NAME).exists():
-        if not resume:
-            raise StageError(
-                f"{out_dir / RUN_NAME} already holds a training run; resume it (resume=True, the default), "
-                f"or train into a new folder, or delete this one to start over"
-            )
-        if config_path.exists():
-            old = json.loads(config_path.read_text())
-            if old != json.loads(json.dumps(config)):
-                differs = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-                raise StageError(
-                    f"{out_dir}: the run there was started with different {', '.join(differs)}; resuming it would "
-                    "mix two configurations. Train into a new folder, or delete this one to start over"
-                )
+        check_resumable(out_dir, config, resume)
         if final.exists() and (out_dir / "train_stats.json").exists():
             return final
-    write_json(config_path, config)
+    write_json(out_dir / "train_config.json", config)
 
-    argv = _open_clip_args(plan, scale, out_dir, seed, resume, keep_checkpoints)
+    argv = open_clip_args(plan, scale, out_dir, seed, resume, keep_checkpoints)
     command = [sys.executable, "-m", LAUNCHER, *argv]
     if nproc > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -145,9 +131,36 @@ def train(
     return final
 
 
-def _plan(shards_dir: Path, scale: dict[str, Any], seed: int, device: str, nproc: int, accum_freq: int,
-          log_every: int | None) -> dict[str, Any]:
-    """Everything the command needs, checked before a process starts (errors here are the user's to fix)."""
+def run_config(scale: dict[str, Any], seed: int, plan: dict[str, Any]) -> dict[str, Any]:
+    """What a training run in a folder is (train_config.json): a resume must not change it."""
+    return {"scale": {k: v for k, v in scale.items() if k != "workers"}, "seed": int(seed),
+            "global_batch": scale["global_batch"], "shards": plan["shards_identity"]}
+
+
+def check_resumable(out_dir: Path, config: dict[str, Any], resume: bool) -> None:
+    """Refuse to continue a run in ``out_dir`` without ``resume``, or one started with another config."""
+    if not resume:
+        raise StageError(
+            f"{out_dir / RUN_NAME} already holds a training run; resume it (resume=True, the default), "
+            f"or train into a new folder, or delete this one to start over"
+        )
+    config_path = out_dir / "train_config.json"
+    if config_path.exists():
+        old = json.loads(config_path.read_text())
+        if old != json.loads(json.dumps(config)):
+            differs = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise StageError(
+                f"{out_dir}: the run there was started with different {', '.join(differs)}; resuming it would "
+                "mix two configurations. Train into a new folder, or delete this one to start over"
+            )
+
+
+def plan_run(shards_dir: Path, scale: dict[str, Any], seed: int, device: str, nproc: int, accum_freq: int,
+             log_every: int | None, check_device: bool = True) -> dict[str, Any]:
+    """Everything the command needs, checked before a process starts (errors here are the user's to fix).
+
+    ``check_device=False`` when the command runs elsewhere (a SLURM job written on a login node without GPUs).
+    """
     name = scale["name"]
     if nproc < 1 or accum_freq < 1:
         raise ConfigError(f"train: nproc ({nproc}) and accum_freq ({accum_freq}) must be >= 1")
@@ -168,7 +181,7 @@ def _plan(shards_dir: Path, scale: dict[str, Any], seed: int, device: str, nproc
             f"{shards_dir}: {n_shards} shards for {loaders} loader workers (workers x processes); webdataset "
             f"0.2.86 raises with fewer shards than workers. Reshard with min_shards={loaders}, or lower scale.workers"
         )
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and check_device:
         import torch
 
         if not torch.cuda.is_available():
@@ -183,7 +196,8 @@ def _plan(shards_dir: Path, scale: dict[str, Any], seed: int, device: str, nproc
         "nproc": nproc,
         "accum_freq": accum_freq,
         "device": device,
-        "precision": resolve_precision(scale["precision"], device),
+        # Not resolvable here when the job runs elsewhere: the SLURM script resolves "amp" on its node.
+        "precision": resolve_precision(scale["precision"], device) if check_device else scale["precision"],
         "threads": torch_threads(device, nproc),
         "log_every": log_every or max(1, steps_per_epoch // 50),
     }
@@ -201,8 +215,8 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
-def _open_clip_args(plan: dict[str, Any], scale: dict[str, Any], out_dir: Path, seed: int, resume: bool,
-                    keep_checkpoints: bool) -> list[str]:
+def open_clip_args(plan: dict[str, Any], scale: dict[str, Any], out_dir: Path, seed: int, resume: bool,
+                   keep_checkpoints: bool) -> list[str]:
     args = [
         "--model", scale["model"],
         "--train-data", plan["pattern"],
