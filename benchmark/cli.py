@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="world")
     p.add_argument("--eval-root", type=Path, help="folder with the suite's datasets (default: the world's)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, help="also write evaluation.json and DataComp's eval_results.jsonl here")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("scales", help="print the scale table (DataComp's scales and the CPU ones)")

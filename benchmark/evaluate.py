@@ -51,13 +51,21 @@ def evaluate_main(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("siftbench evaluate: --eval-root <folder with the suite's datasets> is needed here")
     suite = load_suite(args.suite, root=eval_root)
     tasks = evaluate_checkpoint(arch, checkpoint, suite, pretrained=args.pretrained, device=args.device)
-    return {
+    out = {
         "model": {"arch": arch, "checkpoint": None if checkpoint is None else str(checkpoint),
                   "pretrained": args.pretrained},
         "suite": suite.identity(),
         "tasks": tasks,
         **summarize(tasks, suite),
     }
+    if getattr(args, "out", None) is not None:
+        from siftbench.eval_suite import write_eval_results_jsonl
+
+        from .core.atomic import write_json
+
+        write_json(Path(args.out) / "evaluation.json", out)
+        write_eval_results_jsonl(Path(args.out) / "eval_results.jsonl", tasks, suite)
+    return out
 
 
 def _from_run_dir(run_dir: Path) -> tuple[str, Path, Path | None]:

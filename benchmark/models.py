@@ -26,8 +26,8 @@ def register_model_configs() -> list[str]:
 def load_model(arch: str, checkpoint: str | Path | None = None, pretrained: str | None = None, device: str = "cpu"):
     """Return (model, preprocess, tokenizer) in eval mode.
 
-    ``checkpoint`` is a local file; ``pretrained`` a tag whose weights are already in open_clip's cache
-    (nothing is downloaded: HF_HUB_OFFLINE is honoured by open_clip).
+    ``checkpoint`` is a local file; ``pretrained`` a tag whose weights are already in the local cache, or a
+    weights file (nothing is ever downloaded; see ``cached_pretrained``).
     """
     import open_clip
 
@@ -35,7 +35,16 @@ def load_model(arch: str, checkpoint: str | Path | None = None, pretrained: str 
     if arch not in open_clip.list_models():
         raise ConfigError(f"unknown architecture {arch!r}; open_clip knows e.g. ViT-B-32, and siftbench adds "
                           f"{register_model_configs()}")
-    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
+    if pretrained is None:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, device=device)
+    else:
+        # Load the cached file by path (open_clip never reaches the network this way), with the
+        # preprocessing and activation the tag's weights were trained with.
+        weights, cfg = cached_pretrained(arch, pretrained)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            arch, pretrained=weights, device=device, force_quick_gelu=bool(cfg.get("quick_gelu")),
+            image_mean=cfg.get("mean"), image_std=cfg.get("std"), image_interpolation=cfg.get("interpolation"),
+            image_resize_mode=cfg.get("resize_mode"))
     if checkpoint is not None:
         state = _read_state_dict(Path(checkpoint))
         try:
@@ -47,6 +56,46 @@ def load_model(arch: str, checkpoint: str | Path | None = None, pretrained: str 
             ) from None
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(arch)
+
+
+def cached_pretrained(arch: str, tag: str, cache_dir: str | Path | None = None) -> tuple[str, dict[str, Any]]:
+    """(local weights file, open_clip's config of the tag) for pretrained ``tag`` of ``arch``.
+
+    Looks only where open_clip would have downloaded the weights to (the Hugging Face cache, or
+    ``~/.cache/clip`` for URL weights) and downloads nothing; a path to a weights file is taken as it is.
+    """
+    import open_clip
+
+    if Path(tag).is_file():
+        return str(tag), {}
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        raise ConfigError(f"architecture {arch!r} has no pretrained tag {tag!r}; its tags: {tags or 'none'}. "
+                          "Or pass --checkpoint with a local weights file")
+    looked = []
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = cfg["hf_hub"].rstrip("/"), "open_clip_pytorch_model.bin"
+        if not cfg["hf_hub"].endswith("/"):
+            repo, filename = cfg["hf_hub"].rsplit("/", 1)
+        # open_clip prefers a safetensors file next to the .bin/.pth
+        for name in (f"{filename.rsplit('.', 1)[0]}.safetensors".replace("pytorch_model", "model"), filename):
+            hit = try_to_load_from_cache(repo, name, cache_dir=None if cache_dir is None else str(cache_dir))
+            if isinstance(hit, str):
+                return hit, cfg
+        looked.append(f"the Hugging Face cache ({repo}/{filename})")
+    if cfg.get("url"):
+        path = Path(cache_dir or "~/.cache/clip").expanduser() / cfg["url"].rsplit("/", 1)[-1]
+        if path.is_file():
+            return str(path), cfg
+        looked.append(str(path))
+    raise StageError(
+        f"weights of {arch} {tag!r} are not in the local cache (looked in {' and '.join(looked)}); nothing is "
+        f"downloaded here. Fetch them where there is network, e.g. python -c \"import open_clip; "
+        f"open_clip.create_model('{arch}', pretrained='{tag}')\", and copy the cache over, or pass --checkpoint FILE"
+    )
 
 
 def _read_state_dict(path: Path) -> dict[str, Any]:

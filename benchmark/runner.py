@@ -51,7 +51,7 @@ def run_experiment(cfg: Any, progress: bool = True) -> Path:
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     say = print if progress else (lambda *a, **k: None)
 
-    from siftbench.eval_suite import load_suite, summarize
+    from siftbench.eval_suite import load_suite, summarize, write_eval_results_jsonl
 
     from .evaluate import evaluate_checkpoint
     from .reshard import reshard
@@ -123,6 +123,7 @@ def run_experiment(cfg: Any, progress: bool = True) -> Path:
         "oracle_gap_closed": None,
     }
     write_json(run_dir / "results.json", validate_results(results, str(run_dir / "results.json")))
+    write_eval_results_jsonl(run_dir / "eval_results.jsonl", tasks, suite)  # DataComp's shape, for their tools
     write_text(run_dir / "report.md", render_report(results, subset_stats))
     say(f"[siftbench] {run_dir.name}: average {results['average']:.3f} -> {run_dir / 'results.json'}")
     return run_dir

@@ -6,6 +6,14 @@
       dataset_type.txt                        optional; "retrieval" for image-text retrieval tasks
       test/nshards.txt                        N
       test/0.tar ... test/{N-1}.tar           {key}.webp|png|jpg|jpeg + {key}.cls (int) or {key}.txt
+                                              + {key}.npy: per-sample metadata, for worst-group metrics
+
+Worst-group metrics (DataComp's FMoW worst region, Dollar Street worst income group, GeoDE worst
+region) need a group label per sample. It lives where DataComp's eval sets keep it: ``{key}.npy`` in the
+sample, a 1-D integer array of metadata fields (FMoW: region, year, label; Dollar Street: income group,
+income, region; GeoDE: region, country). The suite's task says which field is the group
+(``group_field``: its index in that array), so the folder itself stays exactly as downloaded. ``.npy``
+is read with ``allow_pickle=False``.
 
 Text files are read as clip_benchmark reads them: every line, stripped, blank lines kept (a class name's
 line number is its label). Tars are read with the standard library. A sample that cannot be used (no
@@ -47,6 +55,9 @@ class TaskData:
     shards: tuple[Path, ...]
     classnames: tuple[str, ...] | None = None
     templates: tuple[str, ...] | None = None
+    # Set from the suite's task (not the folder): index of the group label in each sample's .npy.
+    group_field: int | None = None
+    exclude_groups: tuple[int, ...] = ()
 
 
 @dataclass
@@ -122,9 +133,10 @@ def _read_lines(path: Path, what: str) -> tuple[str, ...]:
 
 
 def iter_samples(data: TaskData, shards: Sequence[Path] | None = None, skipped: SkipCounter | None = None
-                 ) -> Iterator[tuple[str, bytes, int | list[str]]]:
-    """Yield ``(shard/key, image bytes, label or captions)`` in shard order; count what is skipped.
+                 ) -> Iterator[tuple[str, bytes, int | tuple[int, int] | list[str]]]:
+    """Yield ``(shard/key, image bytes, target)`` in shard order; count what is skipped.
 
+    The target is the label, ``(label, group)`` when the task has a ``group_field``, or the captions.
     The image is not decoded here (that is the expensive part, done where it can run in parallel).
     """
     skipped = skipped if skipped is not None else SkipCounter()
@@ -140,6 +152,12 @@ def iter_samples(data: TaskData, shards: Sequence[Path] | None = None, skipped: 
                 if isinstance(target, str):
                     skipped.reasons[target] += 1
                     continue
+                if data.group_field is not None and data.dataset_type != "retrieval":
+                    group = _group(sample, data.group_field)
+                    if isinstance(group, str):
+                        skipped.reasons[group] += 1
+                        continue
+                    target = (target, group)
                 yield f"{shard.stem}/{key}", image, target
         except PoolError:
             skipped.damaged_shards.append(shard.name)
@@ -153,6 +171,22 @@ def _label(sample: dict[str, bytes], num_classes: int) -> int | str:
     except (UnicodeDecodeError, ValueError):
         return "bad_label"
     return label if 0 <= label < num_classes else "bad_label"
+
+
+def _group(sample: dict[str, bytes], field: int) -> int | str:
+    """Field ``field`` of the sample's .npy metadata vector, or why it cannot be read."""
+    import numpy as np
+
+    if "npy" not in sample:
+        return "no_group"
+    try:
+        values = np.load(io.BytesIO(sample["npy"]), allow_pickle=False).reshape(-1)
+        value = values[field]
+    except (ValueError, OSError, IndexError, EOFError):
+        return "bad_group"
+    if not np.issubdtype(values.dtype, np.number) or value != int(value):
+        return "bad_group"
+    return int(value)
 
 
 def _captions(sample: dict[str, bytes]) -> list[str] | str:

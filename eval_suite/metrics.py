@@ -9,6 +9,9 @@ Definitions (LAION-AI/CLIP_benchmark, as DataComp uses them):
   class's recall (sklearn's ``balanced_accuracy_score``)
 - ``macro_f1``: F1 averaged over the classes present in the targets (WILDS' ``F1-macro_all``, DataComp's
   main metric for iWildCam)
+- worst group (WILDS' and DataComp's ``acc_wg``, ``acc_top5_wg``, ``acc_worst_region``): with a group
+  label per sample, ``acc1_worst_group``/``acc5_worst_group`` = the lowest per-group accuracy over the
+  groups that have samples (minus any excluded), and ``acc1_group_<g>``/``acc5_group_<g>`` per group
 - retrieval, named after what is retrieved: ``image_retrieval_recall@k`` is text->image (per caption:
   its image is in the top k images); ``text_retrieval_recall@k`` is image->text (per image: ANY of its
   captions is in the top k captions); ``mean_recall@1`` is the mean of the two recall@1 (DataComp).
@@ -60,14 +63,18 @@ def ranks(scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch
     return torch.cat(out)
 
 
-def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """acc1, acc5 (omitted below 5 classes), mean_per_class_recall and macro_f1 from (N, C) logits."""
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor | None = None,
+                           exclude_groups: tuple[int, ...] = ()) -> dict[str, float]:
+    """acc1, acc5 (omitted below 5 classes), mean_per_class_recall and macro_f1 from (N, C) logits;
+    with ``groups`` (one label per sample) also the worst-group and per-group accuracies."""
     num_classes = logits.shape[1]
     targets = targets.long()
     rank = ranks(logits, torch.arange(len(targets)), targets)
     metrics = {"acc1": _mean(rank < 1)}
     if num_classes >= 5:
         metrics["acc5"] = _mean(rank < 5)
+    if groups is not None:
+        metrics.update(worst_group_metrics(rank, groups, exclude_groups, five=num_classes >= 5))
     # rank 0 <=> the target is the first maximal logit <=> argmax (first maximum) == target
     pred = logits.argmax(dim=1)
     correct = rank == 0
@@ -81,6 +88,22 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[
     f1 = torch.where(denominator > 0, 2 * precision * recall / denominator.clamp(min=1e-300), 0.0)
     metrics["mean_per_class_recall"] = float(recall.mean()) if present.any() else float("nan")
     metrics["macro_f1"] = float(f1.mean()) if present.any() else float("nan")
+    return metrics
+
+
+def worst_group_metrics(rank: torch.Tensor, groups: torch.Tensor, exclude_groups: tuple[int, ...] = (),
+                        five: bool = True) -> dict[str, float]:
+    """Per-group top-k accuracy and its minimum over the groups present, from each sample's target rank."""
+    groups = groups.long()
+    kept = sorted(g for g in torch.unique(groups).tolist() if g not in set(exclude_groups))
+    if not kept:
+        raise ValueError(f"no group left to score: groups present {torch.unique(groups).tolist()}, "
+                         f"excluded {list(exclude_groups)}")
+    metrics: dict[str, float] = {}
+    for name, k in (("acc1", 1), *((("acc5", 5),) if five else ())):
+        per_group = {g: _mean(rank[groups == g] < k) for g in kept}
+        metrics[f"{name}_worst_group"] = min(per_group.values())
+        metrics.update({f"{name}_group_{g}": v for g, v in per_group.items()})
     return metrics
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from siftbench.benchmark.core.errors import StageError
+
 from .suite import Suite
 from .tasks import TASK_TYPES
 
@@ -44,6 +46,11 @@ def evaluate_model(
                 model, preprocess, tokenizer, data,
                 device=device, batch_size=batch_size, num_workers=num_workers, progress=progress,
             )
+            if spec.main_metric not in result.metrics:
+                raise StageError(
+                    f"eval task {spec.name!r} ({spec.type}): produced {sorted(result.metrics)}, not its main metric "
+                    f"{spec.main_metric!r}; fix main_metric in the suite, or the task type's metric_names()"
+                )
             skipped = result.skipped
             if skipped.total or skipped.damaged_shards:
                 log.warning("eval task %s: skipped %s; damaged shards %s", spec.name, dict(skipped.reasons),

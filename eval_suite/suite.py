@@ -10,7 +10,10 @@ Per task: ``name``, ``path`` (relative to the root folder given at run time), ``
 task type), ``main_metric``, ``version`` (int; bump on ANY change to the task's data or metric, so a
 score never silently changes meaning), and optionally ``chance`` (default 1/num_classes for
 classification, k/num_images for retrieval recall@k), ``groups`` (tags averaged together), ``source`` (where to download the folder),
-``size`` (expected samples, a check), ``needs`` (why siftbench cannot score it yet: listed, never run).
+``size`` (expected samples, a check), ``needs`` (why siftbench cannot score it yet: listed, never run),
+``group_field`` (index of the group label in each sample's ``.npy`` metadata: adds worst-group metrics,
+see eval_suite/data.py) with ``exclude_groups`` (group ids left out of the worst group), and ``key`` /
+``title`` (the task's key and dataset name in DataComp's ``eval_results.jsonl``; default: ``name``).
 
 Loading fails early, before anyone trains a model for an hour, on anything the evaluation would trip
 over later: unknown keys or types, a main metric the task cannot produce, a folder without
@@ -40,7 +43,8 @@ log = logging.getLogger(__name__)
 SUITE_DIR = Path(str(files("siftbench.configs") / "eval"))
 _SUITE_KEYS = {"name", "version", "tasks", "description", "missing_hint"}
 _TASK_REQUIRED = ("name", "path", "type", "main_metric", "version")
-_TASK_OPTIONAL = {"chance", "groups", "source", "size", "needs", "description"}
+_TASK_OPTIONAL = {"chance", "groups", "source", "size", "needs", "description", "group_field", "exclude_groups",
+                  "key", "title"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ class TaskSpec:
     size: int | None = None
     needs: str | None = None
     description: str | None = None
+    group_field: int | None = None
+    exclude_groups: tuple[int, ...] = ()
+    key: str | None = None
+    title: str | None = None
 
 
 @dataclass
@@ -69,6 +77,7 @@ class Suite:
     tasks: list[TaskSpec]
     data: dict[str, TaskData] = field(repr=False)
     skipped: dict[str, str] = field(default_factory=dict)
+    skipped_specs: list[TaskSpec] = field(default_factory=list)
 
     def identity(self) -> dict[str, Any]:
         """The ``suite`` block of results.json: what a score was measured on."""
@@ -144,6 +153,8 @@ def suite_from_config(
             continue
         except EvalDataError as e:
             raise EvalDataError(f"{where}: task {spec.name!r}: {e}") from None
+        if spec.group_field is not None:
+            task_data = replace(task_data, group_field=spec.group_field, exclude_groups=spec.exclude_groups)
         data[spec.name] = task_data
         runnable.append(_check_task(spec, task_data, where))
     if missing and not allow_missing:
@@ -159,6 +170,7 @@ def suite_from_config(
         tasks=runnable,
         data=data,
         skipped=skipped,
+        skipped_specs=[s for s in specs if s.name in skipped],
     )
 
 
@@ -182,6 +194,16 @@ def _task_spec(entry: Any, where: str) -> TaskSpec:
     chance = entry.get("chance")
     if chance is not None and not (isinstance(chance, int | float) and 0 <= chance <= 1):
         raise ConfigError(f"{where}: chance must be a number in [0, 1], got {chance!r}")
+    group_field = entry.get("group_field")
+    if group_field is not None and (isinstance(group_field, bool) or not isinstance(group_field, int)
+                                    or group_field < 0):
+        raise ConfigError(f"{where}: group_field must be the index (int >= 0) of the group label in each "
+                          f"sample's .npy metadata, got {group_field!r}")
+    exclude = entry.get("exclude_groups") or ()
+    if isinstance(exclude, str) or not all(isinstance(g, int) and not isinstance(g, bool) for g in exclude):
+        raise ConfigError(f"{where}: exclude_groups must be a list of integer group ids, got {exclude!r}")
+    if exclude and group_field is None:
+        raise ConfigError(f"{where}: exclude_groups needs group_field (which .npy field holds the group)")
     if not entry.get("needs"):
         TASK_TYPES.get(str(entry["type"]))  # unknown type: ConfigError with did-you-mean
     return TaskSpec(
@@ -196,6 +218,10 @@ def _task_spec(entry: Any, where: str) -> TaskSpec:
         size=entry.get("size"),
         needs=entry.get("needs"),
         description=entry.get("description"),
+        group_field=group_field,
+        exclude_groups=tuple(exclude),
+        key=None if entry.get("key") is None else str(entry["key"]),
+        title=None if entry.get("title") is None else str(entry["title"]),
     )
 
 
@@ -208,12 +234,17 @@ def _check_task(spec: TaskSpec, data: TaskData, where: str) -> TaskSpec:
             f"dataset (dataset_type.txt {'says so' if data.dataset_type == 'retrieval' else 'is absent'}); "
             "fix the task's type or the folder"
         )
+    if spec.group_field is not None and data.dataset_type != "classification":
+        raise ConfigError(f"{where}: task {spec.name!r} has group_field, but worst-group metrics exist only "
+                          "for classification tasks; remove group_field")
     metrics = task.metric_names(data)
     if spec.main_metric not in metrics:
         classes = f" with {len(data.classnames)} classes" if data.classnames else ""
+        hint = (" (worst-group metrics need group_field: the index of the group label in each sample's .npy)"
+                if "worst_group" in spec.main_metric and spec.group_field is None else "")
         raise ConfigError(
             f"{where}: task {spec.name!r} main_metric {spec.main_metric!r} is not one of {list(metrics)}, "
-            f"the metrics of {spec.type}{classes}"
+            f"the metrics of {spec.type}{classes}{hint}"
         )
     if spec.chance is None and data.classnames:
         per_guess = 5 if spec.main_metric == "acc5" else 1
@@ -233,14 +264,20 @@ def _missing_message(config: Mapping[str, Any], missing: list[TaskSpec], root: P
 
 def _definition_hash(name: str, version: int, specs: list[TaskSpec]) -> str:
     # Only what changes a score or an average; descriptions and download hints can change freely.
-    scoring = ("name", "path", "type", "main_metric", "version", "chance", "groups", "needs")
+    scoring = ("name", "path", "type", "main_metric", "version", "chance", "groups", "needs", "group_field",
+               "exclude_groups")
     tasks = [{k: v for k, v in asdict(s).items() if k in scoring} for s in specs]
     blob = json.dumps({"name": name, "version": version, "tasks": tasks}, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def summarize(tasks: Mapping[str, Mapping[str, Any]], suite: Suite | None = None) -> dict[str, Any]:
-    """Unweighted mean of the main metrics, and the mean per group tag (DataComp's ``average``)."""
+    """Unweighted mean of the main metrics, and the mean per group tag, as DataComp's aggregate_scores.py
+    computes its ``Average`` and group scores (ImageNet dist. shifts, VTAB, Retrieval).
+
+    With the suite, ``incomplete_groups`` names, per group, the tasks it lacks because they were skipped:
+    such a group mean (and the average) is not comparable with one over the full suite.
+    """
     scores = {name: float(entry["score"]) for name, entry in tasks.items()}
     groups: dict[str, list[float]] = {}
     for name, entry in tasks.items():
@@ -253,6 +290,11 @@ def summarize(tasks: Mapping[str, Mapping[str, Any]], suite: Suite | None = None
     }
     if suite is not None:
         summary["skipped"] = dict(suite.skipped)
+        incomplete: dict[str, list[str]] = {}
+        for spec in suite.skipped_specs:
+            for tag in spec.groups:
+                incomplete.setdefault(tag, []).append(spec.name)
+        summary["incomplete_groups"] = incomplete
     return summary
 
 

@@ -53,7 +53,10 @@ class ZeroShotClassification(EvalTask):
 
     def metric_names(self, data: TaskData) -> tuple[str, ...]:
         five = len(data.classnames or ()) >= 5
-        return ("acc1", *(("acc5",) if five else ()), "mean_per_class_recall", "macro_f1")
+        names = ("acc1", *(("acc5",) if five else ()), "mean_per_class_recall", "macro_f1")
+        if data.group_field is not None:  # per-group accuracies come too, named by the groups found
+            names += ("acc1_worst_group", *(("acc5_worst_group",) if five else ()))
+        return names
 
     def evaluate(self, model, preprocess, tokenizer, data, *, device, batch_size, num_workers=0, progress=True):
         import torch
@@ -70,7 +73,11 @@ class ZeroShotClassification(EvalTask):
                                num_workers=num_workers, progress=progress, desc=data.folder.name)
         check_finite(images.features, f"{data.folder} (images)")
         logits = zeroshot_logits(images.features, classifier)
-        metrics = classification_metrics(logits, torch.tensor(images.targets))
+        if data.group_field is None:
+            metrics = classification_metrics(logits, torch.tensor(images.targets))
+        else:
+            labels, groups = torch.tensor(images.targets).T  # targets are (label, group) pairs
+            metrics = classification_metrics(logits, labels, groups, data.exclude_groups)
         return TaskResult(metrics, len(images.targets), images.skipped)
 
 

@@ -138,3 +138,53 @@ def test_retrieval_ties_duplicate_captions():
 def test_retrieval_needs_a_caption_per_image():
     with pytest.raises(ValueError, match="at least one caption"):
         retrieval_metrics(torch.zeros(2, 3), torch.tensor([0, 1]))
+
+
+def test_worst_group_accuracy_over_present_groups():
+    # 6 samples, 3 classes (no acc5); groups 0, 0, 1, 1, 1, 7 (group ids need not be contiguous).
+    logits = torch.tensor(
+        [
+            [0.9, 0.1, 0.0],  # target 0: hit
+            [0.1, 0.9, 0.0],  # target 0: miss
+            [0.0, 0.9, 0.1],  # target 1: hit
+            [0.0, 0.9, 0.1],  # target 1: hit
+            [0.5, 0.5, 0.0],  # target 1: tie with class 0 -> class 0 first: miss
+            [0.0, 0.0, 1.0],  # target 2: hit
+        ]
+    )
+    targets, groups = torch.tensor([0, 0, 1, 1, 1, 2]), torch.tensor([0, 0, 1, 1, 1, 7])
+    m = classification_metrics(logits, targets, groups)
+    assert m["acc1"] == pytest.approx(4 / 6)
+    assert (m["acc1_group_0"], m["acc1_group_1"], m["acc1_group_7"]) == pytest.approx((1 / 2, 2 / 3, 1.0))
+    assert m["acc1_worst_group"] == pytest.approx(1 / 2)
+    assert "acc5_worst_group" not in m and "acc1_group_2" not in m  # a group without samples is not scored
+    # Excluding a group (FMoW's "Other" region, say) takes it out of the minimum.
+    assert classification_metrics(logits, targets, groups, exclude_groups=(0,))["acc1_worst_group"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="no group left"):
+        classification_metrics(logits, targets, groups, exclude_groups=(0, 1, 7))
+
+
+def test_worst_group_top5():
+    # 6 classes; Dollar Street's main metric is the worst income group's top-5 accuracy.
+    logits = torch.tensor([[6.0, 5.0, 4.0, 3.0, 2.0, 1.0]] * 4)
+    m = classification_metrics(logits, torch.tensor([4, 5, 0, 5]), torch.tensor([3, 3, 9, 9]))
+    # group 3: ranks 4, 5 -> top-5 1/2, top-1 0; group 9: ranks 0, 5 -> top-5 1/2, top-1 1/2
+    assert m["acc5_group_3"] == m["acc5_group_9"] == pytest.approx(0.5) and m["acc5_worst_group"] == pytest.approx(0.5)
+    assert m["acc1_worst_group"] == 0.0 and m["acc1_group_9"] == pytest.approx(0.5)
+
+
+def test_average_and_group_means_as_datacomp_aggregates():
+    from siftbench.eval_suite import summarize
+
+    tasks = {
+        "imagenet1k": {"score": 0.30, "groups": ["imagenet"]},
+        "imagenetv2": {"score": 0.20, "groups": ["imagenet_shifts"]},
+        "imagenet-r": {"score": 0.40, "groups": ["imagenet_shifts"]},
+        "vtab/dtd": {"score": 0.10, "groups": ["vtab"]},
+        "mscoco": {"score": 0.05, "groups": ["retrieval"]},
+        "cars": {"score": 0.15, "groups": []},
+    }
+    s = summarize(tasks)
+    # Average: unweighted over tasks (not over groups): (0.3 + 0.2 + 0.4 + 0.1 + 0.05 + 0.15) / 6
+    assert s["average"] == pytest.approx(1.2 / 6) and s["num_tasks"] == 6
+    assert s["groups"] == pytest.approx({"imagenet": 0.30, "imagenet_shifts": 0.30, "vtab": 0.10, "retrieval": 0.05})

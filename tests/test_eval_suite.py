@@ -261,12 +261,14 @@ def test_shipped_world_suite(tmp_path: Path):
 
 
 def test_shipped_datacomp_suite(tmp_path: Path):
-    with pytest.raises(MissingDatasetError, match=r"(?s)34 eval task folder.*wds_cars_test.*download_evalsets.py"):
+    with pytest.raises(MissingDatasetError, match=r"(?s)37 eval task folder.*wds_cars_test.*download_evalsets.py"):
         load_suite("datacomp", tmp_path)
     suite = load_suite("datacomp", tmp_path, allow_missing=True)
     assert suite.tasks == [] and len(suite.skipped) == 38
     unsupported = sorted(k for k, why in suite.skipped.items() if why.startswith("not supported"))
-    assert unsupported == ["fairness/dollar_street", "fairness/geode", "wilds/fmow", "winogavil"]
+    assert unsupported == ["winogavil"]  # worst-group tasks are scored (group_field), only WinoGAViL is not
+    worst = {t: why for t, why in suite.skipped.items() if t.startswith(("fairness/", "wilds/fmow"))}
+    assert all(why.startswith("missing") for why in worst.values()) and len(worst) == 3
     # A downloaded task is checked like any other folder.
     colour_task(tmp_path / "wds_vtab-pets_test")
     suite = load_suite("datacomp", tmp_path, allow_missing=True)
@@ -309,3 +311,103 @@ def test_evaluate_main_reads_a_run_directory(tiny_model, eval_root: Path, tmp_pa
     assert list(out["tasks"]) == ["colours", "colours_balanced", "captions"]
     assert out["average"] == pytest.approx(sum(t["score"] for t in out["tasks"].values()) / 3)
     assert out["suite"]["name"] == "tiny"
+
+
+def npy(*values: int) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.array(values, dtype=np.int64))
+    return buffer.getvalue()
+
+
+def grouped_task(folder: Path) -> Path:
+    """3 colour classes, 2 samples each; .npy = (region, year): regions 0 and 1, and 5 for one sample."""
+    members = []
+    for i, (c, name) in enumerate([(c, n) for c, n in enumerate(COLOURS) for _ in range(2)]):
+        region = 5 if i == 5 else i % 2
+        members += [(f"g{i}.png", png(COLOURS[name])), (f"g{i}.cls", str(c).encode()), (f"g{i}.npy", npy(region, 2016))]
+    members += [("g9.png", png((1, 2, 3))), ("g9.cls", b"0")]  # no .npy: skipped, counted
+    return write_task(folder, [members], classnames=list(COLOURS), templates=["a {c} square."])
+
+
+GROUPED_YAML = """
+name: grouped
+version: 1
+tasks:
+  - {name: regions, path: regions, type: zeroshot_classification, main_metric: acc1_worst_group, group_field: 0, version: 1, key: wilds/fmow, title: FMoW}
+  - {name: regions_no_other, path: regions, type: zeroshot_classification, main_metric: acc1_worst_group, group_field: 0, exclude_groups: [5], version: 1}
+  - {name: plain, path: regions, type: zeroshot_classification, main_metric: acc1, version: 1}
+"""
+
+
+def test_worst_group_task_reads_groups_from_npy_and_exports_datacomp_jsonl(tiny_model, tmp_path: Path):
+    import json
+
+    from siftbench.eval_suite import write_eval_results_jsonl
+
+    grouped_task(tmp_path / "regions")
+    (tmp_path / "g.yaml").write_text(GROUPED_YAML)
+    suite = load_suite(tmp_path / "g.yaml", tmp_path)
+    tasks = evaluate_model(*tiny_model, suite, batch_size=4, progress=False)
+    regions, no_other, plain = tasks["regions"], tasks["regions_no_other"], tasks["plain"]
+    assert regions["skipped_reasons"] == {"no_group": 1} and regions["num_samples"] == 6
+    assert plain["skipped"] == 0 and plain["num_samples"] == 7  # without group_field the .npy is not needed
+    m = regions["metrics"]
+    assert set(m) >= {"acc1_group_0", "acc1_group_1", "acc1_group_5", "acc1_worst_group"}
+    assert regions["score"] == m["acc1_worst_group"] == min(m["acc1_group_0"], m["acc1_group_1"], m["acc1_group_5"])
+    assert no_other["score"] == min(m["acc1_group_0"], m["acc1_group_1"]) and "acc1_group_5" not in no_other["metrics"]
+
+    path = write_eval_results_jsonl(tmp_path / "eval_results.jsonl", tasks, suite)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["key"], r["dataset"]) for r in lines] == [("wilds/fmow", "FMoW"), ("regions_no_other", "regions_no_other"),
+                                                         ("plain", "plain")]
+    assert set(lines[0]) == {"key", "dataset", "metrics"}
+    assert lines[0]["metrics"]["main_metric"] == regions["score"]
+    assert lines[2]["metrics"] == {**plain["metrics"], "main_metric": plain["metrics"]["acc1"]}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("main_metric: acc1_worst_group", r"main_metric 'acc1_worst_group' is not one of .*need group_field"),
+        ("main_metric: acc1, group_field: -1", "group_field must be the index"),
+        ("main_metric: acc1, exclude_groups: [5]", "exclude_groups needs group_field"),
+        ("main_metric: acc5_worst_group, group_field: 0", r"'acc5_worst_group' is not one of .* with 3 classes"),
+    ],
+)
+def test_worst_group_definition_errors(tmp_path: Path, extra: str, message: str):
+    grouped_task(tmp_path / "regions")
+    (tmp_path / "s.yaml").write_text(
+        f"name: s\nversion: 1\ntasks:\n  - {{name: r, path: regions, type: zeroshot_classification, {extra}, version: 1}}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_suite(tmp_path / "s.yaml", tmp_path)
+
+
+def test_a_task_type_that_does_not_produce_its_main_metric(tiny_model, tmp_path: Path):
+    @TASK_TYPES.register("forgetful_classification")
+    class Forgetful(EvalTask):
+        def metric_names(self, data):
+            return ("acc1",)
+
+        def evaluate(self, model, preprocess, tokenizer, data, **kwargs):
+            return TaskResult({"accuracy": 0.5}, 1, SkipCounter())
+
+    try:
+        colour_task(tmp_path / "colours")
+        (tmp_path / "s.yaml").write_text("name: s\nversion: 1\ntasks:\n  - {name: f, path: colours, "
+                                         "type: forgetful_classification, main_metric: acc1, version: 1}\n")
+        suite = load_suite(tmp_path / "s.yaml", tmp_path)
+        with pytest.raises(StageError, match=r"produced \['accuracy'\], not its main metric 'acc1'"):
+            evaluate_model(*tiny_model, suite, progress=False)
+    finally:
+        TASK_TYPES._items.pop("forgetful_classification", None)
+
+
+def test_summary_names_groups_missing_a_skipped_task(tmp_path: Path):
+    colour_task(tmp_path / "wds_vtab-pets_test")
+    suite = load_suite("datacomp", tmp_path, allow_missing=True)
+    summary = summarize({"vtab/pets": {"score": 0.5, "groups": ["vtab"]}}, suite)
+    assert summary["average"] == 0.5 and summary["groups"] == {"vtab": 0.5}
+    assert len(summary["incomplete_groups"]["vtab"]) == 12 and "vtab/pets" not in summary["incomplete_groups"]["vtab"]
+    assert summary["incomplete_groups"]["retrieval"] == ["flickr30k", "mscoco", "winogavil"]
