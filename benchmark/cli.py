@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   siftbench run filter=clip_score filter.fraction=0.3 scale=tiny seed=1
   siftbench baselines --seeds 0 1 2                     # the baseline table (markdown, mean ± std)
   siftbench world                                       # generate (or find) the embedded world
+  siftbench download /data/datacomp_small/metadata --out /data/small_pool   # img2dataset, DataComp's settings
   siftbench filter runs/my-pool --out runs/my-filter filter=basic
   siftbench evaluate runs/clip_score-tiny-s0
   siftbench train SHARDS --scale medium --out runs/m --slurm --nodes 2 --gpus-per-node 8 --partition gpu
@@ -78,6 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("world", help="generate the embedded synthetic world (cached) and print where it is")
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser("download", help="download a pool from metadata parquet files (uid, url, text) with img2dataset")
+    p.add_argument("metadata", type=Path, help="folder of *.parquet (and optional same-named *.npz), e.g. DataComp's")
+    p.add_argument("--out", type=Path, required=True, help="pool folder to write (rerun the same command to resume)")
+    p.add_argument("--distributor", choices=["multiprocessing", "pyspark", "ray"], default="multiprocessing")
+    p.add_argument("--processes", type=int, help="download processes (default: CPU count)")
+    p.add_argument("--threads", type=int, default=64, help="download threads per process")
+    p.add_argument("--samples-per-shard", type=int, default=10_000)
+    p.add_argument("--image-size", type=int, default=512, help="longest side, resized only if bigger")
+    p.add_argument("--no-verify-hash", action="store_true", help="keep images whose sha256 differs from the metadata's")
+    p.add_argument("--no-blur-faces", action="store_true", help="ignore the metadata's face_bboxes")
+    p.add_argument("--timeout", type=int, default=10, help="seconds per request")
+    p.add_argument("--retries", type=int, default=0)
+    p.add_argument("--url-col", default="url")
+    p.add_argument("--caption-col", default="text")
+    p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("filter", help="score + select over a pool: writes subset.npy and subset_stats.json")
     p.add_argument("pool", type=Path)
@@ -187,6 +204,19 @@ def cmd_world(args: argparse.Namespace) -> int:
     world = ensure_world(to_dict(compose_config(args.overrides).world))
     print(json.dumps({"root": str(world.root), "pool": str(world.pool_dir), "reference": str(world.reference_dir),
                       "eval": str(world.eval_dir), "version": world.version, "hash": world.content_hash}, indent=2))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .download import download_pool
+
+    stats = download_pool(
+        args.metadata, args.out, distributor=args.distributor, processes=args.processes, threads=args.threads,
+        samples_per_shard=args.samples_per_shard, image_size=args.image_size, verify_hash=not args.no_verify_hash,
+        blur_faces=not args.no_blur_faces, timeout=args.timeout, retries=args.retries, url_col=args.url_col,
+        caption_col=args.caption_col,
+    )
+    print(json.dumps(stats, indent=2))
     return 0
 
 
