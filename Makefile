@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.siftbench-installed
+# img2dataset's albumentations would check PyPI for updates on import.
+export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: setup demo test lint bench browser baselines clean
 
@@ -10,7 +12,7 @@ STAMP  := $(VENV)/.siftbench-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[ml,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[ml,dev,download]'
 	touch $(STAMP)
 
 setup: $(STAMP)
