@@ -180,10 +180,13 @@ def run_filter(
     out_dir = Path(out_dir)
     pool = Pool.open(pool_root)
     plan = plan_from_config(filter_cfg)
+    executor = executor or LocalExecutor()
     started = time.perf_counter()
     score_pool(pool, plan, out_dir / "scores", executor)
     scored = time.perf_counter()
-    subset, stats = select_subset(pool, plan, out_dir / "scores", seed)
+    # The global reduce is one task: on Ray it runs on a cluster node next to the scores, not on the driver.
+    select = partial(select_subset, pool, plan, out_dir / "scores")
+    subset, stats = executor.map(select, [seed], desc="select")[0]
     write_subset(out_dir / "subset.npy", subset)
     stats["seconds"] = {"score": round(scored - started, 3), "select": round(time.perf_counter() - scored, 3)}
     stats["filter"] = plan.label

@@ -77,6 +77,8 @@ def run_experiment(cfg: Any, progress: bool = True) -> Path:
         pool_root, subset, run_dir / "shards", seed=int(cfg.seed),
         # webdataset 0.2.86 raises when a process has fewer shards than loader workers.
         min_shards=max(2, int(scale["workers"]) * int(cfg.nproc)), progress=progress,
+        # On Ray (executor=ray) reshard's index and write tasks run on the cluster; locally, in this process.
+        executor=make_executor(to_dict(cfg.executor)) if cfg.executor.name != "local" else None,
     )
     timings["reshard"] = time.perf_counter() - clock
 
