@@ -305,7 +305,8 @@ def _run_streaming(command: list[str], env: dict[str, str], out_dir: Path, total
     t0 = time.perf_counter()
     t_loop = None
     bar = tqdm(total=total, unit="sample", unit_scale=True, desc="train", disable=not progress, dynamic_ncols=True)
-    with open(out_dir / "train.log", "a") as log:
+    # Line-buffered: a killed run keeps every line, which _completed_epochs needs after a resume.
+    with open(out_dir / "train.log", "a", buffering=1) as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log.flush()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,

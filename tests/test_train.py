@@ -201,3 +201,16 @@ def test_throughput_benchmark_reports_both_rates(shards, capsys):
     assert result["compute_only_samples_per_s"] > 0 and result["end_to_end_samples_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["end_to_end_samples_per_s"] / result["compute_only_samples_per_s"], rel=0.01)
     assert "compute-only" in capsys.readouterr().out
+
+
+def test_sigkill_midway_then_resume_trains_what_an_uninterrupted_run_does(toy_run, tmp_path):
+    from siftbench.benchmark.resume_check import kill_and_resume, optimizer_steps
+
+    out, checkpoint = toy_run
+    result = kill_and_resume(out.parent / "shards", "toy", tmp_path / "check", reference=out, timeout_s=300)
+    assert result["killed_at"]["epoch"] == 1 and result["resumed_from_epoch"] == 1  # killed in the 2nd epoch
+    assert result["samples_seen"] == {"uninterrupted": 1536, "resumed": 1536}
+    assert result["optimizer_steps"] == {"uninterrupted": 24, "resumed": 24} == {k: result["expected_steps"] for k in
+                                                                                ("uninterrupted", "resumed")}
+    assert result["ok"] and optimizer_steps(checkpoint) == 24
+    assert json.loads((tmp_path / "check" / "resume_check.json").read_text())["ok"] is True
