@@ -148,9 +148,10 @@ def download_pool(
         "encode_format": "jpg", "samples_per_shard": samples_per_shard, "oom_shard_count": SHARD_DIGITS,
         "compute_hash": "sha256", "verify_hash": bool(verify_hash and "sha256" in schema.names),
         "blur_faces": bool(blur_faces and "face_bboxes" in schema.names), "url_col": url_col,
-        "caption_col": caption_col, "timeout": timeout, "retries": retries,
+        "caption_col": caption_col,
     }
     staging = out / STAGING / "img2dataset"
+    # What decides the shards' contents; how fast they are fetched (processes, threads, timeout) may change.
     _claim(out / STAGING / "config.json", {
         "format_version": FORMAT_VERSION, "metadata_dir": str(metadata_dir),
         "inputs": [[f.name, pq.ParquetFile(f).metadata.num_rows] for f in files], "settings": settings,
@@ -166,7 +167,7 @@ def download_pool(
     if todo:
         _check_distributor(distributor)
         _run_img2dataset(metadata_dir, staging, settings, distributor=distributor, processes=processes,
-                         threads=threads)
+                         threads=threads, timeout=timeout, retries=retries)
     unpaired, cache = 0, {}
     for shard in _iter_finished(plan, out, staging):
         unpaired += _publish(shard, out, staging, settings, cache)
@@ -175,6 +176,7 @@ def download_pool(
     stats["this_run"] = {
         "shards_downloaded": len(todo) - len(missing), "shards_already_done": len(plan) - len(todo),
         "rows_requested": sum(s.stop - s.start for s in todo), "distributor": distributor,
+        "processes": processes, "threads": threads, "timeout": timeout, "retries": retries,
         "seconds": round(time.perf_counter() - started, 3),
     }
     stats["unpaired"] = unpaired
@@ -247,7 +249,7 @@ def _check_distributor(distributor: str) -> None:
 
 
 def _run_img2dataset(metadata_dir: Path, staging: Path, settings: dict[str, Any], *, distributor: str,
-                     processes: int, threads: int) -> None:
+                     processes: int, threads: int, timeout: int, retries: int) -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import otherwise
     from img2dataset import download
 
@@ -263,7 +265,7 @@ def _run_img2dataset(metadata_dir: Path, staging: Path, settings: dict[str, Any]
                 number_sample_per_shard=settings["samples_per_shard"], oom_shard_count=SHARD_DIGITS,
                 save_additional_columns=["uid"], bbox_col=bbox_col, compute_hash="sha256",
                 verify_hash=["sha256", "sha256"] if settings["verify_hash"] else None,
-                distributor=distributor, timeout=settings["timeout"], retries=settings["retries"],
+                distributor=distributor, timeout=timeout, retries=retries,
                 incremental_mode="incremental", enable_wandb=False,
             )
     except SystemExit as e:  # img2dataset's SIGINT handler exits 0; that is an interruption, not success
@@ -428,6 +430,7 @@ def _collect_stats(out: Path, plan: list[PlannedShard], schema: pa.Schema, setti
         "failed": attempted - statuses["success"],
         "success_rate": round(statuses["success"] / attempted, 4) if attempted else None,
         "failures": dict(reasons.most_common()),
+        "failure_reasons": {r: FAILURE_REASONS["http_<code>" if r.startswith("http_") else r] for r in reasons},
         "statuses": dict(statuses.most_common()),
         "error_messages": dict(messages.most_common(20)),
         "columns": {

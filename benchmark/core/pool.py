@@ -9,8 +9,9 @@
 
 Our embeddings store their uid array, so they are joined on uid, never on row order. Derived arrays are
 written per tar shard and read per metadata shard of the same name: true of the embedded world and of
-pools we download. DataComp's own metadata files are named by hash, not by tar shard; joining those needs
-a uid -> tar index (open work, issue #7).
+pools `siftbench download` writes (it splits DataComp's hash-named metadata files per tar shard). A pool
+from DataComp's own download script keeps the hash-named files: filters on metadata columns work on it,
+derived arrays would need a uid -> tar index.
 """
 
 from __future__ import annotations
