@@ -105,11 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="embed a pool's images and captions with an open_clip model")
     p.add_argument("pool", type=Path)
     p.add_argument("--model", required=True, help="open_clip architecture, e.g. ViT-B-32 or siftbench-tiny")
-    p.add_argument("--pretrained", help="pretrained tag whose weights are in the local cache")
+    p.add_argument("--pretrained", help="a pretrained tag whose weights are in the local cache, a weights file, "
+                                        "or 'world' (the embedded world's scoring model, trained once and cached)")
     p.add_argument("--checkpoint", type=Path, help="a local checkpoint file")
-    p.add_argument("--key", help="name of the embeddings (default: the architecture)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--key", help="name of the embeddings (default: the architecture; 'scorer' for --pretrained world)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (a GPU when there is one)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes that read, decode and preprocess shards while the model runs (0: none)")
+    p.add_argument("overrides", nargs="*", help="executor=ray [executor.address=auto ...] runs shards on Ray actors")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("reshard", help="pool + subset.npy -> training shards (repeats honoured)")
@@ -234,10 +238,22 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from .embed import embed_pool
+    from .config import compose_config, to_dict
+    from .embed import embed_pool, world_scorer_checkpoint
+    from .executors import make_executor
 
-    stats = embed_pool(args.pool, arch=args.model, model_key=args.key or args.model, checkpoint=args.checkpoint,
-                       pretrained=args.pretrained, batch_size=args.batch_size, device=args.device)
+    cfg = compose_config(args.overrides)
+    checkpoint, pretrained, key = args.checkpoint, args.pretrained, args.key
+    if pretrained == "world":
+        checkpoint, pretrained = world_scorer_checkpoint(cfg, args.model), None
+        key = key or to_dict(cfg.scorer)["name"]
+    elif pretrained is not None and Path(pretrained).is_file():
+        checkpoint, pretrained = Path(pretrained), None
+    # Locally one process embeds (it uses every core) with decode workers beside it; Ray spreads actors.
+    executor = make_executor(to_dict(cfg.executor)) if cfg.executor.name != "local" else None
+    stats = embed_pool(args.pool, arch=args.model, model_key=key or args.model, checkpoint=checkpoint,
+                       pretrained=pretrained, batch_size=args.batch_size, device=args.device, executor=executor,
+                       num_workers=args.workers)
     print(json.dumps(stats, indent=2))
     return 0
 

@@ -16,6 +16,7 @@ atomically after its stats, so it is the shard's completion marker: a rerun skip
 
 from __future__ import annotations
 
+import io
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -49,10 +50,19 @@ class EmbedModel:
         return {"arch": self.arch, "pretrained": self.pretrained, "checkpoint_sha256": checkpoint_hash,
                 "checkpoint": self.checkpoint}
 
+    def resolved_device(self) -> str:
+        """``auto``: the GPU when this process sees one (a Ray GPU actor, a GPU box), else the CPU."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
     def load(self) -> tuple[Any, Callable, Callable]:
         from .models import load_model
 
-        return load_model(self.arch, checkpoint=self.checkpoint, pretrained=self.pretrained, device=self.device)
+        return load_model(self.arch, checkpoint=self.checkpoint, pretrained=self.pretrained,
+                          device=self.resolved_device())
 
 
 def embed_pool(
@@ -70,8 +80,9 @@ def embed_pool(
 ) -> dict[str, Any]:
     """Embed every tar of ``pool_root/shards`` not embedded yet; return (and write) the stats.
 
-    ``executor`` maps shards over worker processes (each loads the model once); without one, shards
-    run here and ``num_workers`` DataLoader workers decode images while the model runs.
+    ``executor`` maps shards over workers that load the model once each (Ray actors, with a GPU each
+    when the cluster has GPUs); without one, shards run here and ``num_workers`` DataLoader workers read,
+    decode and preprocess while the model runs. ``device`` may be ``auto`` (GPU when there is one).
     ``out_dir`` defaults to ``pool_root/embeddings/<model_key>``.
     """
     pool_root = Path(pool_root)
@@ -82,14 +93,17 @@ def embed_pool(
     spec = EmbedModel(arch, None if checkpoint is None else str(checkpoint), pretrained, device)
     identity = spec.identity()
     _claim(out, identity)
+    _remove_partial_files(out)
     todo = [t for t in tars if not (out / f"{t.stem}.npz").exists()]
     start = time.perf_counter()
     if todo and executor is None:
-        embed_tars(spec.load(), todo, out, pool_root, batch_size=batch_size, device=device,
+        embed_tars(spec.load(), todo, out, pool_root, batch_size=batch_size, device=spec.resolved_device(),
                    num_workers=num_workers, progress=progress, done_before=len(tars) - len(todo))
     elif todo:
+        from .executors import map_with_state
+
         job = partial(_embed_tar_job, spec, out, pool_root, batch_size)
-        executor.map(job, todo, desc=f"embed {model_key}")
+        map_with_state(executor, spec.load, job, todo, desc=f"embed {model_key}")
     stats = _collect_stats(out, tars)
     seconds = time.perf_counter() - start
     stats.update(model_key=model_key, model=identity, shards_embedded_now=len(todo),
@@ -211,33 +225,96 @@ def _shard_batches(tars: list[Path], preprocess: Callable, tokenizer: Callable, 
 
             info = get_worker_info()
             worker, workers = (info.id, info.num_workers) if info else (0, 1)
+            batcher = BatchPreprocess(preprocess)
             for index, tar in enumerate(tars):
                 if index % workers == worker:
-                    yield from _decode_shard(index, tar, preprocess, tokenizer, batch_size)
+                    yield from _decode_shard(index, tar, batcher, tokenizer, batch_size)
 
     return ShardBatches()
 
 
-def _decode_shard(index: int, tar: Path, preprocess: Callable, tokenizer: Callable, batch_size: int
+class BatchPreprocess:
+    """open_clip's preprocess, with its tensor part (ToTensor + Normalize) applied to a whole batch.
+
+    Per image only the PIL part runs (resize, crop, RGB), and not even that when the image already has
+    the model's size and mode, where those transforms are the identity. The batch then goes through the
+    same float ops as ToTensor and Normalize, so the result is bit-identical to ``torch.stack([preprocess(
+    image) ...])``. A preprocess of any other shape is applied per image, as it is.
+    """
+
+    _IDENTITY_AT_SIZE = ("Resize", "CenterCrop", "MaybeConvertMode", "_convert_to_rgb")
+
+    def __init__(self, preprocess: Callable):
+        self.preprocess = preprocess
+        transforms = list(getattr(preprocess, "transforms", []))
+        names = [getattr(t, "__name__", type(t).__name__) for t in transforms]
+        self.fast = (len(names) >= 2 and names[-2] in ("ToTensor", "MaybeToTensor") and names[-1] == "Normalize"
+                     and all(n in self._IDENTITY_AT_SIZE for n in names[:-2]))
+        self.pil_stage = transforms[:-2] if self.fast else []
+        self.size: tuple[int, int] | None = None
+        if self.fast:
+            normalize = transforms[-1]
+            self.mean, self.std = normalize.mean, normalize.std
+            crops = [t.size for t in self.pil_stage if type(t).__name__ == "CenterCrop"]
+            resizes = [t for t in self.pil_stage if type(t).__name__ == "Resize"]
+            # Only a square crop after a shorter-side resize gives every image one known size.
+            if crops and len(set(crops[-1])) == 1 and all(r.max_size is None for r in resizes):
+                self.size = (int(crops[-1][1]), int(crops[-1][0]))  # PIL's (width, height)
+            else:
+                self.fast = False
+
+    def image(self, image: Any) -> Any:
+        """One decoded PIL image -> what goes into the batch (HWC uint8 array, or the preprocessed tensor)."""
+        if not self.fast:
+            return self.preprocess(image)
+        if image.size != self.size or image.mode != "RGB":
+            for transform in self.pil_stage:
+                image = transform(image)
+        return np.asarray(image)
+
+    def batch(self, images: list[Any]) -> Any:
+        import torch
+
+        if not self.fast:
+            return torch.stack(images)
+        # The same ops, in the same order, as ToTensor (permute, contiguous, float, /255) and Normalize.
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().to(torch.get_default_dtype())
+        x = x.div(255)
+        mean = torch.as_tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+def _decode_rgb(data: bytes) -> Any:
+    """The pixels ``decode_image`` gives (PIL, RGB), without its copy when the image is RGB already."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img if img.mode == "RGB" else img.convert("RGB")
+    except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError)
+        return None
+
+
+def _decode_shard(index: int, tar: Path, batcher: BatchPreprocess, tokenizer: Callable, batch_size: int
                   ) -> Iterator[tuple]:
-    import torch
-
-    from siftbench.eval_suite.data import decode_image
-
     counts: Counter = Counter()
-    batch: list[tuple[str, Any, str | None]] = []
+    uids: list[str] = []
+    images: list[Any] = []
+    image_rows: list[int] = []
+    captions: list[str] = []
+    text_rows: list[int] = []
 
     def flush() -> tuple:
-        image_rows = [i for i, (_, image, _) in enumerate(batch) if image is not None]
-        text_rows = [i for i, (_, _, caption) in enumerate(batch) if caption is not None]
-        images = torch.stack([batch[i][1] for i in image_rows]) if image_rows else None
-        tokens = tokenizer([batch[i][2] for i in text_rows]) if text_rows else None
-        item = ("batch", index, [uid for uid, _, _ in batch], images, image_rows, tokens, text_rows)
-        batch.clear()
+        item = ("batch", index, list(uids), batcher.batch(images) if images else None, list(image_rows),
+                tokenizer(captions) if captions else None, list(text_rows))
+        for part in (uids, images, image_rows, captions, text_rows):
+            part.clear()
         return item
 
     try:
-        for _, sample in iter_tar_samples(tar):
+        for _, sample in read_tar_samples(tar):
             counts["samples"] += 1
             uid = sample_uid(sample)
             if not uid:
@@ -247,21 +324,95 @@ def _decode_shard(index: int, tar: Path, preprocess: Callable, tokenizer: Callab
                 counts["bad_uid"] += 1
                 continue
             found = sample_image(sample)
-            image = decode_image(found[1]) if found is not None else None
+            image = _decode_rgb(found[1]) if found is not None else None
             if image is None:
                 counts["no_image" if found is None else "undecodable_image"] += 1
-            caption = sample["txt"].decode("utf-8", errors="replace") if "txt" in sample else None
-            if caption is None:
+            else:
+                image_rows.append(len(uids))
+                images.append(batcher.image(image))
+            if "txt" in sample:
+                text_rows.append(len(uids))
+                captions.append(sample["txt"].decode("utf-8", errors="replace"))
+            else:
                 counts["no_caption"] += 1
-            batch.append((uid, None if image is None else preprocess(image), caption))
-            if len(batch) == batch_size:
+            uids.append(uid)
+            if len(uids) == batch_size:
                 yield flush()
     except PoolError:
         counts["damaged_tar"] += 1
-    if batch:
+    if uids:
         yield flush()
     # a plain dict: DataLoader's default_convert copies a Counter and then update()s it, doubling it
     yield "end", index, dict(counts)
+
+
+_COMPRESSED = (b"\x1f\x8b", b"BZ", b"\xfd7")
+
+
+def read_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """What ``iter_tar_samples`` yields, several times faster on the plain ustar/GNU tars that
+    webdataset, img2dataset and the world write: headers are parsed from a memory map instead of
+    through tarfile's per-member objects. Anything else (compressed, pax or long-name headers, a bad
+    checksum, truncation, data after the end) goes to ``iter_tar_samples``, errors included."""
+    import mmap
+
+    path = Path(path)
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        if size == 0:
+            yield from iter_tar_samples(path)
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            members = _tar_members(mm, size)
+            if members is None:
+                mm.close()
+                yield from iter_tar_samples(path)
+                return
+            current_key: str | None = None
+            current: dict[str, bytes] = {}
+            for name, offset, length in members:
+                key, _, ext = name.rsplit("/", 1)[-1].partition(".")
+                if key != current_key and current:
+                    yield current_key, current  # type: ignore[misc]
+                    current = {}
+                current_key = key
+                current[ext.lower()] = mm[offset:offset + length]
+            if current:
+                yield current_key, current  # type: ignore[misc]
+
+
+def _tar_members(mm: Any, size: int) -> list[tuple[str, int, int]] | None:
+    """(name, data offset, size) of every regular file, or None when the fast path must not guess."""
+    if mm[:2] in _COMPRESSED or mm[:3] == b"\xfd7z":
+        return None
+    members = []
+    pos = 0
+    while pos + 512 <= size:
+        header = mm[pos:pos + 512]
+        if header.count(0) == 512:  # end of archive: the rest must be zeros too
+            return members if not mm[pos:].strip(b"\0") else None
+        try:
+            stored = int(header[148:156].strip(b"\0 ") or b"-1", 8)
+            length = int(header[124:136].strip(b"\0 ") or b"0", 8)
+        except ValueError:  # base-256 sizes, garbage: tarfile knows what to do
+            return None
+        if stored != sum(header) - sum(header[148:156]) + 256:
+            return None
+        kind = header[156:157]
+        name = header[:100].split(b"\0", 1)[0]
+        if header[257:263] == b"ustar\x00":  # POSIX ustar: a prefix field extends the name
+            prefix = header[345:500].split(b"\0", 1)[0]
+            if prefix:
+                name = prefix + b"/" + name
+        data = pos + 512
+        if data + length > size:  # truncated
+            return None
+        if kind in (b"0", b"\0"):
+            members.append((name.decode("utf-8", "surrogateescape"), data, length))
+        elif kind != b"5":  # directories are skipped; pax, long names, links: leave them to tarfile
+            return None
+        pos = data + -(-length // 512) * 512
+    return members if pos == size else None
 
 
 def benchmark_embed_throughput(
@@ -327,14 +478,25 @@ def benchmark_embed_throughput(
     }
 
 
-_MODELS: dict[EmbedModel, tuple[Any, Callable, Callable]] = {}
+def _embed_tar_job(spec: EmbedModel, out: Path, pool_root: Path, batch_size: int,
+                   bundle: tuple[Any, Callable, Callable], tar: Path) -> None:
+    """One shard in an executor's worker, with the model that worker loaded once."""
+    embed_tars(bundle, [tar], out, pool_root, batch_size=batch_size, device=spec.resolved_device(), progress=False)
 
 
-def _embed_tar_job(spec: EmbedModel, out: Path, pool_root: Path, batch_size: int, tar: Path) -> None:
-    """One shard in an executor's worker; the model is loaded once per worker process."""
-    if spec not in _MODELS:
-        _MODELS[spec] = spec.load()
-    embed_tars(_MODELS[spec], [tar], out, pool_root, batch_size=batch_size, device=spec.device, progress=False)
+def _remove_partial_files(out: Path) -> None:
+    """Temporaries left by a run killed mid-write (atomic_path's ``.NAME.tmp-PID``, PID no longer running)."""
+    import os
+
+    for folder in (out, out / "stats"):
+        for tmp in folder.glob(".*.tmp-*"):
+            pid = tmp.name.rsplit("-", 1)[-1]
+            try:
+                os.kill(int(pid), 0)
+            except (ValueError, ProcessLookupError):
+                tmp.unlink(missing_ok=True)
+            except PermissionError:  # someone else's live process
+                pass
 
 
 def _claim(out: Path, identity: dict[str, Any]) -> None:
@@ -383,3 +545,16 @@ def _collect_stats(out: Path, tars: Sequence[Path]) -> dict[str, Any]:
         "model_seconds": round(totals.get("model_seconds", 0.0), 3),
         "samples_per_s": round(totals.get("samples", 0) / seconds, 1) if seconds else None,
     }
+
+
+def world_scorer_checkpoint(cfg: Any, arch: str) -> Path:
+    """The embedded world's scoring model (``--pretrained world``): trained on the clean reference set
+    once and cached in the world folder, as ``siftbench run`` does before clip_score."""
+    from .config import to_dict
+    from .scorer import train_scorer
+    from .world import ensure_world
+
+    scorer = to_dict(cfg.scorer)
+    if scorer["arch"] != arch:
+        raise StageError(f"the world's scoring model is a {scorer['arch']!r}, not {arch!r}: pass --model {scorer['arch']}")
+    return Path(train_scorer(ensure_world(to_dict(cfg.world)), scorer))

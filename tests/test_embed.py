@@ -199,3 +199,90 @@ def test_throughput_benchmark(tmp_path: Path, checkpoint: Path):
     assert report["stage_pairs_per_s"] > 0 and report["in_memory_pairs_per_s"] > 0
     assert report["ratio"] == pytest.approx(report["stage_pairs_per_s"] / report["in_memory_pairs_per_s"])
     assert not (pool / "embeddings").exists()  # measured in a temporary folder, the pool is untouched
+
+
+def test_batch_preprocess_is_bit_identical_to_open_clips_preprocess():
+    import open_clip
+
+    from siftbench.benchmark.embed import BatchPreprocess, _decode_rgb
+    from siftbench.eval_suite.data import decode_image
+
+    rng = np.random.default_rng(0)
+    images = []
+    for size, mode in (((32, 32), "RGB"), ((32, 32), "RGBA"), ((50, 20), "RGB"), ((5, 32), "L"),
+                       ((24, 24), "P"), ((300, 224), "RGB"), ((224, 224), "RGB")):
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).convert(mode).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    for preprocess in (open_clip.image_transform(32, is_train=False), open_clip.image_transform(224, is_train=False)):
+        batcher = BatchPreprocess(preprocess)
+        assert batcher.fast
+        want = torch.stack([preprocess(decode_image(b)) for b in images])
+        got = batcher.batch([batcher.image(_decode_rgb(b)) for b in images])
+        assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want)
+
+
+def test_fast_tar_reader_matches_tarfile_and_falls_back_on_anything_else(tmp_path: Path):
+    from siftbench.benchmark.embed import read_tar_samples
+
+    pool = build_pool(tmp_path / "pool", shards=1, corrupt=None)
+    tar = pool / "shards" / "00000000.tar"
+    assert list(read_tar_samples(tar)) == list(iter_tar_samples(tar))
+    # A pax header (long name) is tarfile's job; the samples come out the same.
+    long = tmp_path / "long.tar"
+    with tarfile.open(long, "w", format=tarfile.PAX_FORMAT) as out:
+        for name, payload in (("k" * 120 + ".txt", b"hello"), ("k" * 120 + ".json", b'{"uid": "ab"}')):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            out.addfile(info, io.BytesIO(payload))
+    assert list(read_tar_samples(long)) == list(iter_tar_samples(long)) == [("k" * 120, {"txt": b"hello",
+                                                                                       "json": b'{"uid": "ab"}'})]
+    raw = bytearray(tar.read_bytes())
+    raw[2 * 3072 : 2 * 3072 + 100] = b"\xff" * 100  # garbled header: same samples, then the same error
+    tar.write_bytes(bytes(raw))
+    fast, slow = [], []
+    for reader, got in ((read_tar_samples, fast), (iter_tar_samples, slow)):
+        with pytest.raises(PoolError, match="unreadable header"):
+            for sample in reader(tar):
+                got.append(sample)
+    assert fast == slow and len(fast) == 2
+    tar.write_bytes(bytes(raw[: 4 * 3072 - 700]))  # truncated inside a member
+    with pytest.raises(PoolError):
+        list(read_tar_samples(tar))
+
+
+def test_killed_embed_resumes_without_recomputing_finished_shards(tmp_path: Path, checkpoint: Path):
+    """SIGKILL `siftbench embed` once its first shard is written, rerun it: finished shards are kept
+    as they are (same inode and mtime), none is half-written, and the rest is embedded."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pool_factory import make_tiny_pool
+
+    pool = tmp_path / "pool"
+    make_tiny_pool(pool, n_shards=8, per_shard=48)
+    out = pool / "embeddings" / KEY
+    cmd = [sys.executable, "-m", "siftbench.benchmark.cli", "embed", str(pool), "--model", "siftbench-tiny",
+           "--pretrained", str(checkpoint), "--key", KEY, "--batch-size", "8", "--device", "cpu", "--workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.npz")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.npz")}
+    assert 1 <= len(done) < 8, f"killed too late or too early: {sorted(done)}"
+    for name in done:  # every file under its final name is complete
+        assert load_npz(out / name)["uid"].shape == (48,)
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    stats = json.loads(rerun.stdout)
+    assert stats["shards_embedded_now"] == 8 - len(done) and stats["shards_done"] == 8
+    assert stats["samples"] == stats["embedded"] == 8 * 48
+    assert {n: (p.stat().st_ino, p.stat().st_mtime_ns) for n in done for p in [out / n]} == done
+    assert not list(out.glob(".*tmp*")) and not list((out / "stats").glob(".*tmp*"))
