@@ -12,7 +12,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[ml,dev,download]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[ml,dev,download,ray]'
 	touch $(STAMP)
 
 setup: $(STAMP)
