@@ -220,6 +220,15 @@ def test_a_rerun_downloads_nothing(pool, metadata, site):
     assert stats["failures"] == EXPECTED_FAILURES and stats["downloaded"] == 14
 
 
+def test_a_rerun_without_the_staging_folder_still_downloads_nothing(pool, metadata, site, tmp_path):
+    copy = tmp_path / "pool"
+    shutil.copytree(pool, copy)
+    shutil.rmtree(copy / ".download")  # the published shards' stats files are enough to skip them
+    hits = len(site.hits)
+    assert _download(metadata[0], copy) == 0
+    assert site.hits[hits:] == [] and _stats(copy)["this_run"]["shards_already_done"] == 4
+
+
 def test_an_unfinished_shard_stays_invisible_and_a_rerun_fetches_only_it(pool, metadata, site, tmp_path):
     copy = tmp_path / "pool"
     shutil.copytree(pool, copy)
