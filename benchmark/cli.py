@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="speed benchmarks: training data path vs compute-only, metadata scan rate")
     p.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic metadata pool")
     p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--only", help="comma-separated sections instead of the default ones: "
+                                   "scan, training, filters, embed (stage vs in-memory model), scaling (1M vs 5M rows)")
     p.add_argument("--filters", action="store_true",
                    help="also the filter library's figures: SemDeDup on 1M x 512, concept matching, 12.8M-row scan")
     p.set_defaults(func=cmd_bench)
@@ -301,6 +303,12 @@ def cmd_scales(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_benchmarks
+
+    if args.only:
+        from .bench_pool import run_sections
+
+        run_sections([s.strip() for s in args.only.split(",") if s.strip()], rows=args.rows)
+        return 0
 
     run_benchmarks(rows=args.rows, training=not args.skip_training)
     if args.filters:

@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""GPU embed check: world shards resized to 224 px JPEG, embedded by `siftbench embed`'s stage with ViT-B-32
+(random init unless cached weights are given), vs the same model on in-memory tensors in the same process.
+
+Prints (and writes to --out) pairs/s through the whole stage (read tars, decode, preprocess in DataLoader
+workers, model, write npz), pairs/s of the model alone on in-memory tensors of the same batch measured just
+before, and their ratio (target >= 0.8; ANCHORS: ViT-B-32 inference ~12.9k pairs/s on an H200).
+
+    python scripts/gpu/embed_check.py --world-shards ~/.cache/siftbench/worlds/<id>/pool/shards --out $OUT
+    python scripts/gpu/embed_check.py --tiny --out /tmp/embed-check     # CPU dry run
+
+Budget: under 4 minutes on one H100/H200 (shard writing ~15 s on 16 cores, model start-up, 2 x ~5 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import tarfile
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+
+def _resize_shard(job: tuple[Path, Path, int, int, int]) -> int:
+    """Copy ``count`` samples (cycling) of a world shard to ``dest`` as ``size`` px JPEG + caption + fresh uid."""
+    from PIL import Image
+
+    from siftbench.benchmark.core.pool import iter_tar_samples
+
+    source, dest, size, count, shard = job
+    samples = [(s[e], s["txt"]) for _, s in iter_tar_samples(source)
+               for e in ("png", "jpg", "webp") if e in s and "txt" in s]
+    with tarfile.open(dest, "w") as tar:
+        for i in range(count):
+            image, caption = samples[i % len(samples)]
+            with Image.open(io.BytesIO(image)) as img:
+                buffer = io.BytesIO()
+                img.convert("RGB").resize((size, size), Image.BICUBIC).save(buffer, "JPEG", quality=95)
+            key = f"{shard:05d}{i:05d}"
+            uid = f"{shard * 100_000 + i + 1:032x}"
+            for ext, data in (("jpg", buffer.getvalue()), ("txt", caption),
+                              ("json", json.dumps({"uid": uid, "key": key}).encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return count
+
+
+def make_pool(world_shards: Path, pool: Path, n_shards: int, per_shard: int, size: int) -> int:
+    sources = sorted(world_shards.glob("*.tar"))
+    if not sources:
+        raise SystemExit(f"{world_shards}: no *.tar; pass the world's pool/shards folder (siftbench world prints it)")
+    (pool / "shards").mkdir(parents=True, exist_ok=True)
+    jobs = [(sources[i % len(sources)], pool / "shards" / f"{i:08d}.tar", size, per_shard, i) for i in range(n_shards)]
+    with Pool(min(len(jobs), os.cpu_count() or 1)) as workers:
+        return sum(workers.map(_resize_shard, jobs))
+
+
+def default_world_shards() -> Path | None:
+    root = Path(os.environ.get("SIFTBENCH_CACHE", Path.home() / ".cache" / "siftbench")) / "worlds"
+    found = sorted(root.glob("*/pool/shards"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world-shards", type=Path, default=default_world_shards())
+    parser.add_argument("--out", type=Path, default=Path("embed_check"))
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--pretrained", help="a cached tag or weights file (default: random init, same speed)")
+    parser.add_argument("--size", type=int, default=224, help="image side of the resized shards")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--workers", type=int, default=max(1, min(16, (os.cpu_count() or 2) - 1)))
+    parser.add_argument("--shards", type=int, default=32, help="DataLoader workers take whole shards: >= workers")
+    parser.add_argument("--per-shard", type=int, default=2048)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny", action="store_true",
+                        help="CPU dry run of the whole path: siftbench-tiny, 2 shards of 128 pairs, 1 worker "
+                             "(ViT-B-32 takes minutes on a busy 2-core CPU)")
+    args = parser.parse_args()
+    if args.tiny:
+        args.model, args.batch_size, args.workers, args.shards, args.per_shard, args.device = (
+            "siftbench-tiny", 64, 1, 2, 128, "cpu")
+    if args.world_shards is None:
+        raise SystemExit("no world found; run `siftbench world` or pass --world-shards")
+
+    from siftbench.benchmark.embed import benchmark_embed_throughput
+
+    clock = time.perf_counter()
+    pool = args.out / f"pool{args.size}"
+    pairs = make_pool(args.world_shards, pool, args.shards, args.per_shard, args.size)
+    shard_s = time.perf_counter() - clock
+    result = benchmark_embed_throughput(pool, args.model, pretrained=args.pretrained, batch_size=args.batch_size,
+                                        device=args.device, num_workers=args.workers)
+    result.update({"image_size": args.size, "pairs_in_shards": pairs, "shard_writing_s": round(shard_s, 1),
+                   "source": str(args.world_shards), "wall_s": round(time.perf_counter() - clock, 1),
+                   "target_ratio": 0.8})
+    if args.device.startswith("cuda"):
+        import torch
+
+        result["gpu"] = torch.cuda.get_device_name(0)
+        result["max_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "embed_check.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"embed stage {result['stage_pairs_per_s']:,.0f} pairs/s vs in-memory {result['in_memory_pairs_per_s']:,.0f} "
+          f"pairs/s: ratio {result['ratio']:.2f} [target >= 0.8]")
+
+
+if __name__ == "__main__":
+    main()
