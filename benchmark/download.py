@@ -151,9 +151,10 @@ def download_pool(
         "caption_col": caption_col,
     }
     staging = out / STAGING / "img2dataset"
-    # What decides the shards' contents; how fast they are fetched (processes, threads, timeout) may change.
+    # What decides the shards' contents; where the metadata sits and how fast shards are fetched
+    # (processes, threads, timeout) may change between runs.
     _claim(out / STAGING / "config.json", {
-        "format_version": FORMAT_VERSION, "metadata_dir": str(metadata_dir),
+        "format_version": FORMAT_VERSION,
         "inputs": [[f.name, pq.ParquetFile(f).metadata.num_rows] for f in files], "settings": settings,
     })
     staging.mkdir(parents=True, exist_ok=True)

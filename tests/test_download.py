@@ -31,7 +31,8 @@ from siftbench.benchmark.core.uids import read_subset, uids_to_hex
 from siftbench.benchmark.download import failure_reason
 
 # img2dataset 1.47 imports imghdr (gone in Python 3.13; pyproject caps Python below it).
-pytestmark = pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning"),
+              pytest.mark.timeout(300)]  # wall seconds per test: a stuck img2dataset worker pool fails fast
 SAMPLES_PER_SHARD = 5
 EXPECTED_FAILURES = {"http_404": 1, "not_decodable": 2, "truncated": 1, "sha256_mismatch": 1}
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 220, 40)}
