@@ -2,8 +2,8 @@
 
 Filters see metadata shards, never tars, so a dedup or decontamination filter cannot hash images
 inside ``score``. This stage streams every ``shards/<name>.tar`` once and writes
-``embeddings/imagehash/<name>.npz`` (atomically, one file per tar; an existing file is skipped, so a
-rerun resumes) with, per sample:
+``embeddings/imagehash/<name>.npz`` (atomically, one file per tar; an existing file that holds every
+array is skipped, so a rerun resumes, and a file from an older version is redone) with, per sample:
 
     uid            structured u8,u8 (core.uids)
     sha256         (rows, 4) uint64, the digest's big-endian words
@@ -11,6 +11,7 @@ rerun resumes) with, per sample:
     phash_mirror, dhash_mirror   the hashes of the horizontally flipped image, so flips match too
     thumb          (rows, 192) uint8, an 8x8 RGB box-filtered thumbnail ("tiny image"): on small or
                    synthetic images grey-level hashes collide across different pictures, colour does not
+    small          (rows, 768) uint8, a 16x16 RGB box-filtered image, for crop matching (perceptual_dedup)
     ok             uint8, 1 = decoded; 0 = damaged or missing image (its hashes are 0: never compare them)
 
 The pool reader joins these on uid and exposes them as ``imagehash_sha256``, ``imagehash_phash``, ...
@@ -34,7 +35,7 @@ import numpy as np
 
 from .core.atomic import atomic_path, write_json
 from .core.errors import PoolError
-from .core.image_hashing import hash_image_bytes
+from .core.image_hashing import FEATURE_ARRAYS, hash_image_bytes
 from .core.uids import UID_DTYPE, hex_to_uids
 
 FEATURE_KEY = "imagehash"
@@ -73,7 +74,7 @@ def _hash_tar(root: Path, out_dir: Path, tar: Path) -> dict[str, Any]:
     from .core.pool import iter_tar_samples, sample_image, sample_uid
 
     target = out_dir / f"{tar.stem}.npz"
-    if target.exists():
+    if target.exists() and _complete(target):
         return {"tar": tar.name, "skipped_existing": 1}
     uids: list[str] = []
     images: list[bytes] = []
@@ -106,6 +107,15 @@ def _hash_tar(root: Path, out_dir: Path, tar: Path) -> dict[str, Any]:
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
         np.savez(f, uid=parsed, **arrays)
     return stats
+
+
+def _complete(path: Path) -> bool:
+    """An existing features file holds every array this version writes (else it is rewritten)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {"uid", *FEATURE_ARRAYS} <= set(z.files)
+    except (OSError, ValueError):
+        return False
 
 
 def _align_to(wanted: np.ndarray, have: np.ndarray, arrays: dict[str, np.ndarray]):

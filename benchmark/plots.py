@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-NOT_SCORES = re.compile(r"^(emb|px|sha|concept)\d+$|^(code|mirror_code|hashed|n_concepts|eval_task|match)$")
+NOT_SCORES = re.compile(r"^(emb|px|sm|sha|concept)\d+$|^(code|mirror_code|hashed|n_concepts|eval_task|match)$")
 
 
 def write_filter_plots(run_dir: str | Path, scores_dir: str | Path, stats: dict[str, Any]) -> list[Path]:

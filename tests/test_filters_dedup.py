@@ -4,6 +4,7 @@ whatever the worker count or shard order, bad input refused or counted."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,8 @@ from siftbench.benchmark.image_features import compute_image_features
 from siftbench.benchmark.pipeline import run_filter
 from siftbench.filters._neighbours import clustered_pairs, greedy_drop, hamming_pairs
 from siftbench.filters.semantic_dedup import semantic_dedup
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "filter"
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +110,31 @@ def test_perceptual_then_semantic_dedup_catches_every_variant(pool, tmp_path):
     assert stats["steps"][2]["dropped"].get("semantic_duplicate", 0) >= 10  # the crops, mostly
 
 
+def test_dedup_config_catches_every_variant_crops_included(pool, tmp_path):
+    """The issue's bar with pixels alone (configs/filter/dedup.yaml): each variant >= 0.9 recall, crops
+    included, false removals <= 0.5%; no embedding involved, so no model can make crops easy."""
+    from omegaconf import OmegaConf
+
+    from siftbench.benchmark.bench_filters import duplicate_recall
+
+    cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / "dedup.yaml"))
+    run_filter(root := pool[0], cfg, tmp_path / "out")
+    truth = pool[1].rename(columns={"source": "source_uid"})
+    truth["defect"] = truth["kind"].map(lambda k: "exact_duplicate" if k == "exact" else
+                                        "near_duplicate" if k in VARIANTS else "clean")  # fmt: skip
+    truth["variant"] = truth["kind"].where(truth["kind"].isin(VARIANTS))
+    r = duplicate_recall(truth, set(uids_to_hex(read_subset(tmp_path / "out" / "subset.npy"))))
+    assert set(r["recall"]) == {*VARIANTS, "exact"} and min(r["recall"].values()) >= 0.9, r
+    assert r["false_removal_rate"] <= 0.005, r
+    without = {**cfg, "steps": [cfg["steps"][0], {**cfg["steps"][1], "crop": None}]}
+    run_filter(root, without, tmp_path / "nocrop")
+    r = duplicate_recall(truth, set(uids_to_hex(read_subset(tmp_path / "nocrop" / "subset.npy"))))
+    assert r["recall"]["crop"] < 0.5  # what the crop test adds: hashes and thumbnails miss crops
+
+
 @pytest.mark.parametrize("cfg", [
     {"name": "exact_dedup", "keep": "random"},
+    {"name": "perceptual_dedup", "hash": "thumbnail", "radius": 8, "crop": 0.75},
     {"name": "perceptual_dedup", "hash": "thumbnail", "radius": 8, "keep": "random"},
     {"name": "perceptual_dedup", "hash": "phash", "radius": 6},
     {"name": "semantic_dedup", "embedding": "toy_img", "eps": 0.01, "keep": "central"},
@@ -208,6 +234,8 @@ def test_eps_outside_zero_one_is_refused(eps):
     ("semantic_dedup", {"keep": "newest"}, "keep="),
     ("perceptual_dedup", {"hash": "ahash"}, "hash="),
     ("perceptual_dedup", {"hash": "phash", "radius": 2.5}, "whole number"),
+    ("perceptual_dedup", {"crop": 1.2}, r"crop=1.2 .* \[0.5, 1\)"),
+    ("perceptual_dedup", {"crop": 0.75, "crop_contrast": 0}, "crop_contrast=0"),
     ("exact_dedup", {"source": "pixels"}, "source="),
 ])  # fmt: skip
 def test_bad_parameters_are_named(name, params, match):

@@ -19,6 +19,11 @@ from .uids import hex_to_uids
 
 HASH_ARRAYS = ("phash", "phash_mirror", "dhash", "dhash_mirror")
 THUMB = 8  # the colour thumbnail's side: 8 x 8 x 3 bytes
+# The small colour image's side: 16 x 16 x 3 bytes. Crop matching resamples windows of it, which an 8x8
+# thumbnail is too coarse for; at the world's 32 px it keeps a 2x2 box of every pixel.
+SMALL = 16
+# Every array the stage stores besides uid; a file written by an older version lacks some and is redone.
+FEATURE_ARRAYS = (*HASH_ARRAYS, "thumb", "small", "ok", "sha256")
 
 
 def sha256_words(data: bytes) -> np.ndarray:
@@ -64,24 +69,28 @@ def perceptual_hashes(images: Iterable[bytes]) -> dict[str, np.ndarray]:
     blank32 = np.zeros((32, 32), dtype=np.float64)
     blank9 = np.zeros((8, 9), dtype=np.float64)
     thumbs: list[np.ndarray] = []
+    smalls: list[np.ndarray] = []
     for data in images:
         try:
             with Image.open(io.BytesIO(data)) as img:
                 grey = img.convert("L")
                 big.append(np.asarray(grey.resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64))
                 small.append(np.asarray(grey.resize((9, 8), Image.Resampling.LANCZOS), dtype=np.float64))
-                thumbs.append(np.asarray(img.convert("RGB").resize((THUMB, THUMB), Image.Resampling.BOX)).ravel())
+                rgb = img.convert("RGB")
+                thumbs.append(np.asarray(rgb.resize((THUMB, THUMB), Image.Resampling.BOX)).ravel())
+                smalls.append(np.asarray(rgb.resize((SMALL, SMALL), Image.Resampling.BOX)).ravel())
                 ok.append(True)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             big.append(blank32)
             small.append(blank9)
             thumbs.append(np.zeros(THUMB * THUMB * 3, dtype=np.uint8))
+            smalls.append(np.zeros(SMALL * SMALL * 3, dtype=np.uint8))
             ok.append(False)
     valid = np.array(ok, dtype=bool)
     if not len(valid):
         empty = np.zeros(0, dtype=np.uint64)
         return {**{k: empty for k in HASH_ARRAYS}, "thumb": np.zeros((0, THUMB * THUMB * 3), np.uint8),
-                "ok": np.zeros(0, dtype=np.uint8)}
+                "small": np.zeros((0, SMALL * SMALL * 3), np.uint8), "ok": np.zeros(0, dtype=np.uint8)}
     grey32 = np.stack(big)
     grey9 = np.stack(small)
     out = {
@@ -93,6 +102,7 @@ def perceptual_hashes(images: Iterable[bytes]) -> dict[str, np.ndarray]:
     for k in HASH_ARRAYS:
         out[k][~valid] = 0
     out["thumb"] = np.stack(thumbs)
+    out["small"] = np.stack(smalls)
     out["ok"] = valid.astype(np.uint8)
     return out
 
@@ -122,7 +132,6 @@ def hash_image_bytes(images: list[bytes]) -> dict[str, np.ndarray]:
     digests = [sha256_words(b) if b else zero for b in images]
     out["sha256"] = np.stack(digests) if images else np.zeros((0, 4), np.uint64)
     return out
-
 
 
 def mirror_thumbnails(thumbs: np.ndarray) -> np.ndarray:
