@@ -95,3 +95,19 @@ def test_image_based_targets_must_match_the_embedding(pool, tmp_path):
                    tmp_path / "out")  # fmt: skip
     with pytest.raises(ConfigError, match="not a file"):
         build_filter("image_based", {"targets": str(tmp_path / "missing.npy")})
+
+
+def test_world_contamination_per_task_is_within_ten_percent_of_planted(tmp_path):
+    """On the toy world (eval_copy planted as exact, re-encoded and flipped copies of eval images), the
+    per-task counts the run reports match the ground truth within 10% (relative)."""
+    from siftbench.benchmark.world import ensure_world
+
+    world = ensure_world("toy", progress=False)
+    compute_image_features(world.pool_dir)
+    stats = run_filter(world.pool_dir, {"name": "eval_decontam", "eval_root": str(world.eval_dir)}, tmp_path / "out")
+    reported = {k.split(":", 1)[1]: v for k, v in stats["steps"][0]["dropped"].items()}
+    truth = world.ground_truth()
+    planted = truth.loc[truth["defect"] == "eval_copy", "eval_task"].value_counts().to_dict()
+    assert sum(planted.values()) >= 10
+    for task in set(planted) | set(reported):
+        assert abs(reported.get(task, 0) - planted.get(task, 0)) <= 0.1 * planted.get(task, 0), (reported, planted)
