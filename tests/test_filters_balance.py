@@ -182,9 +182,13 @@ def test_cluster_assignment_balances_clusters(pool, tmp_path):
     {"name": "metaclip_balance", "vocabulary": SHAPES, "t": 60},
     {"name": "diversity_balance", "vocabulary": SHAPES + COLOURS, "fraction": 0.3, "ratio": 0.5, "choose": "random"},
     {"name": "metaclip_balance", "by": "cluster", "embedding": "toy_img", "n_clusters": 5, "t": 80},
+    {"name": "metaclip_balance", "by": "zeroshot", "embedding": "toy_img", "vocabulary": SHAPES,
+     "class_embeddings": "<classes.npy>", "t": 60},
+    {"name": "diversity_balance", "vocabulary": SHAPES + COLOURS, "size": 300, "class_of": "rarest"},
 ])  # fmt: skip
 def test_same_subset_with_one_or_two_workers_and_shuffled_shard_names(pool, tmp_path, cfg):
     root, _ = pool
+    cfg = {k: str(root.parent / "classes.npy") if v == "<classes.npy>" else v for k, v in cfg.items()}
     run_filter(root, cfg, tmp_path / "w1", seed=2, executor=LocalExecutor(workers=1, progress=False))
     run_filter(root, cfg, tmp_path / "w2", seed=2, executor=LocalExecutor(workers=2, progress=False))
     shuffled = tmp_path / "shuffled"

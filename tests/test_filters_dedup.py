@@ -138,6 +138,7 @@ def test_dedup_config_catches_every_variant_crops_included(pool, tmp_path):
     {"name": "perceptual_dedup", "hash": "thumbnail", "radius": 8, "keep": "random"},
     {"name": "perceptual_dedup", "hash": "phash", "radius": 6},
     {"name": "semantic_dedup", "embedding": "toy_img", "eps": 0.01, "keep": "central"},
+    {"name": "semantic_dedup", "embedding": "toy_img", "eps": 0.05, "keep": "random", "n_clusters": 3},
 ])  # fmt: skip
 def test_same_subset_with_one_or_two_workers_and_shuffled_shard_names(pool, tmp_path, cfg):
     root, _ = pool
