@@ -275,3 +275,20 @@ def test_empty_shard_and_nan_embeddings_are_counted(tmp_path):
     stats = run_filter(root, {"name": "semantic_dedup", "embedding": "toy_img", "eps": 0.01}, tmp_path / "out")
     assert stats["pool_size"] == 40
     assert stats["steps"][0]["dropped"] == {"invalid_embedding": 2}
+
+
+def test_empty_shard_is_counted_by_the_pixel_dedups(tmp_path):
+    """An empty shard (metadata with no rows, an empty tar) passes through features and every dedup."""
+    import tarfile
+
+    root = tmp_path / "pool"
+    make_dup_pool(root, n_shards=2, per_shard=20, copies=2, exact=2)
+    pd.read_parquet(root / "metadata" / "00000000.parquet").iloc[:0].to_parquet(root / "metadata" / "00000002.parquet")
+    tarfile.open(root / "shards" / "00000002.tar", "w").close()
+    np.savez(root / "embeddings" / "toy" / "00000002.npz", uid=hex_to_uids([]), image=np.zeros((0, 64), np.float16))
+    features = compute_image_features(root)
+    assert features["samples"] == 40
+    cfg = {"combine": "sequence", "steps": [{"name": "exact_dedup", "source": "image"},
+                                            {"name": "perceptual_dedup", "hash": "thumbnail", "crop": 0.75}]}  # fmt: skip
+    stats = run_filter(root, cfg, tmp_path / "out")
+    assert stats["pool_size"] == 40 and stats["steps"][0]["dropped"] == {"exact_duplicate": 2}
