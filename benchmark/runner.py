@@ -248,11 +248,17 @@ def render_report(results: dict[str, Any], subset_stats: dict[str, Any]) -> str:
         lines.append(f"- step `{step['step']}`: {step['input']:,} in, {step['kept']:,} kept; dropped {dropped}")
     diag = subset_stats.get("diagnostics")
     if diag:
-        lines += ["", "## Planted defects (world ground truth)", "", "| defect | planted | removed | recall |",
-                  "|---|---|---|---|"]
+        # precision per defect = its share of everything removed (how precisely the filter aims at it).
+        lines += ["", "## Planted defects (world ground truth)", "",
+                  "| defect | planted | removed | recall | precision (share of removed) |", "|---|---|---|---|---|"]
+        total = max(int(diag.get("removed") or 0), 1)
         for defect, d in diag.get("defects", {}).items():
             recall = "–" if d["recall"] is None else f"{d['recall']:.2f}"
-            lines.append(f"| {defect} | {d['planted']:,} | {d['removed']:,} | {recall} |")
+            lines.append(f"| {defect} | {d['planted']:,} | {d['removed']:,} | {recall} | {d['removed'] / total:.2f} |")
+            for variant, v in d.get("by_variant", {}).items():
+                vr = "–" if v["recall"] is None else f"{v['recall']:.2f}"
+                lines.append(f"| &nbsp;&nbsp;{defect}: {variant} | {v['planted']:,} | {v['removed']:,} | {vr} | "
+                             f"{v['removed'] / total:.2f} |")
         extra = {k: v for k, v in diag.items() if k != "defects" and not isinstance(v, dict | list)}
         lines += [""] + [f"- {k}: {v}" for k, v in extra.items()]
     return "\n".join(lines) + "\n"
