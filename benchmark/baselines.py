@@ -7,6 +7,7 @@ oracle gap closed, (score - no_filter) / (oracle - no_filter), against the clean
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,8 +43,10 @@ def collect(runs: dict[str, list[Path]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def headline_tasks(results: dict[str, list[dict[str, Any]]]) -> tuple[list[str], list[str]]:
-    """(kept, left out): a task is left out when every strategy's mean main metric is above 95%."""
-    tasks = list(next(iter(results.values()))[0]["tasks"])
+    """(kept, left out) among the suite's `headline` group: a task is left out when every strategy's mean
+    main metric is above 95%. Tasks outside the group (probes such as digits_real) are never averaged."""
+    first = next(iter(results.values()))[0]["tasks"]
+    tasks = [t for t, task in first.items() if "headline" in task.get("groups", ["headline"])]
     left_out = [
         t for t in tasks
         if all(np.mean([r["tasks"][t]["score"] for r in rs]) > SATURATED for rs in results.values())
@@ -73,7 +76,17 @@ def summarize_table(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 t: _gap(row["tasks"][t][0], low["tasks"][t][0], high["tasks"][t][0]) for t in row["tasks"]
             }
             row["oracle_gap_closed"]["headline"] = _gap(row["headline"][0], low["headline"][0], high["headline"][0])
-    return {"headline_tasks": kept, "left_out": left_out, "pooled_std": pooled, "rows": rows}
+    first = next(iter(results.values()))[0]["tasks"]
+    probes = [t for t in first if t not in kept and t not in left_out]
+    return {
+        "headline_tasks": kept,
+        "left_out": left_out,
+        "probes": probes,
+        "chance": {t: task.get("chance") for t, task in first.items()},
+        "tail_tasks": [t for t, task in first.items() if "tail" in task.get("groups", [])],
+        "pooled_std": pooled,
+        "rows": rows,
+    }
 
 
 MIN_GAP = 0.01  # below one point between oracle and no_filter, a ratio would only magnify noise
@@ -103,9 +116,35 @@ def markdown_table(summary: dict[str, Any]) -> str:
         "",
         f"Scores in %, mean ± std over seeds {seeds}. Headline average over {', '.join(summary['headline_tasks'])}"
         + (f"; left out (above {SATURATED:.0%} for every strategy): {', '.join(summary['left_out'])}" if summary["left_out"] else "")
+        + (f"; not in the suite's headline group: {', '.join(summary['probes'])}" if summary.get("probes") else "")
         + f". Pooled seed std of the headline: {100 * summary['pooled_std']:.2f} points.",
     ]
     return "\n".join(lines + notes) + "\n"
+
+
+def resolving_power(summary: dict[str, Any]) -> str:
+    """How well the table tells strategies apart: adjacent headline gaps (table order) in pooled seed stds,
+    no_filter against chance and the oracle per headline task, and the tail task's seed std against its
+    no_filter -> oracle gap. Empty without no_filter and oracle rows."""
+    rows, pooled = summary["rows"], summary["pooled_std"]
+    if "no_filter" not in rows or "oracle" not in rows:
+        return ""
+    low, high = rows["no_filter"], rows["oracle"]
+    lines = ["", "Resolving power:", "", "| from | to | headline gap | in pooled std |", "|---|---|---|---|"]
+    for a, b in itertools.pairwise(rows):
+        gap = rows[b]["headline"][0] - rows[a]["headline"][0]
+        lines.append(f"| {a} | {b} | {100 * gap:+.1f} | {gap / pooled:+.1f} |" if pooled else f"| {a} | {b} | {100 * gap:+.1f} | |")
+    lines += ["", "| headline task | no_filter | x chance | oracle | no_filter / oracle | seed std / gap |", "|---|---|---|---|---|---|"]
+    for t in summary["headline_tasks"]:
+        nf, orc, chance = low["tasks"][t][0], high["tasks"][t][0], summary["chance"].get(t)
+        span = orc - nf
+        std = float(np.sqrt(np.mean([row["tasks"][t][1] ** 2 for row in rows.values()])))
+        lines.append(
+            f"| {t}{' (tail)' if t in summary['tail_tasks'] else ''} | {100 * nf:.1f} | "
+            + (f"{nf / chance:.1f}" if chance else "") + f" | {100 * orc:.1f} | "
+            + (f"{nf / orc:.2f}" if orc else "") + " | " + (f"{std / span:.2f}" if span > 0 else "") + " |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def plot_summary(summary: dict[str, Any], path: Path) -> Path:
@@ -165,14 +204,15 @@ def baselines_main(
     """Run the baseline set, print its table; optionally submit every strategy to the leaderboard."""
     cfg = compose_config(["+experiment=baselines", *overrides])
     table_cfg = to_dict(cfg.experiment)
-    chosen = {k: v for k, v in table_cfg["strategies"].items() if not strategies or k in strategies}
+    # Rows in the order asked for (the resolving-power gaps compare neighbours), else the config's order.
+    chosen = {k: table_cfg["strategies"][k] for k in (strategies or table_cfg["strategies"]) if k in table_cfg["strategies"]}
     unknown = sorted(set(strategies or ()) - set(table_cfg["strategies"]))
     if unknown:
         raise ConfigError(f"unknown strategies {unknown}; configs/experiment/baselines.yaml has {list(table_cfg['strategies'])}")
     runs = run_baselines(chosen, seeds, overrides, progress=progress)
     summary = summarize_table(collect(runs))
     store_oracle_gaps(runs, summary)
-    table = markdown_table(summary)
+    table = markdown_table(summary) + resolving_power(summary)
     if out is not None:
         write_json(Path(out).with_suffix(".json"), summary)
         write_text(Path(out), table)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from siftbench.benchmark.baselines import markdown_table, plot_summary, summarize_table
+from siftbench.benchmark.baselines import markdown_table, plot_summary, resolving_power, summarize_table
 
 
 def results(seed, **scores):
@@ -51,3 +51,23 @@ def test_no_gap_ratio_where_oracle_and_no_filter_are_within_a_point(table):
     table["oracle"][0]["tasks"]["colours"]["score"] = 0.99
     table["oracle"][1]["tasks"]["colours"]["score"] = 0.98
     assert summarize_table(table)["rows"]["clip_score"]["oracle_gap_closed"]["colours"] is None
+
+
+def test_tasks_outside_the_headline_group_are_never_averaged(table):
+    for rs in table.values():
+        for r in rs:
+            r["tasks"]["digits_real"] = {"score": 0.1, "groups": ["classification", "transfer"]}
+    summary = summarize_table(table)
+    assert summary["headline_tasks"] == ["shapes"] and summary["probes"] == ["digits_real"]
+    assert "not in the suite's headline group: digits_real" in markdown_table(summary)
+
+
+def test_resolving_power_reports_gaps_chance_and_tail_noise(table):
+    for rs in table.values():
+        for r in rs:
+            r["tasks"]["shapes"].update(chance=0.1, groups=["headline", "tail"])
+    text = resolving_power(summarize_table(table))
+    assert "| no_filter | clip_score | +10.0 | +7.1 |" in text  # 10 points over a pooled std of 1.41
+    assert "| shapes (tail) | 21.0 | 2.1 | 41.0 | 0.51 | 0.07 |" in text  # std 1.41 over a 20-point gap
+    del table["oracle"]
+    assert resolving_power(summarize_table(table)) == ""

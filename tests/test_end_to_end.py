@@ -26,7 +26,7 @@ def runs(tmp_path_factory):
 def test_clip_score_run_writes_a_valid_results_file(runs):
     run_dir = runs["clip_score"]
     results = load_results(run_dir)
-    assert set(results["tasks"]) == {"shapes", "colours", "shape_colour", "tail_shapes", "retrieval", "digits_real"}
+    assert set(results["tasks"]) == {"shapes", "colours", "shape_colour", "tail_shapes", "retrieval", "digits", "digits_real"}
     for entry in results["tasks"].values():
         assert 0.0 <= entry["score"] <= 1.0
     assert results["average"] == pytest.approx(np.mean([t["score"] for t in results["tasks"].values()]))

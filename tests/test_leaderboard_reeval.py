@@ -64,7 +64,8 @@ def write_world_suite(eval_root: Path) -> None:
     colours = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
     classification = {"shapes": ["circle", "square", "triangle"], "colours": list(colours),
                       "shape_colour": ["red circle", "blue square", "green triangle"],
-                      "tail_shapes": ["star", "cross"], "digits_real": [str(d) for d in range(10)]}  # fmt: skip
+                      "tail_shapes": ["star", "cross"], "digits": [str(d) for d in range(10)],
+                      "digits_real": [str(d) for d in range(10)]}  # fmt: skip
     for t, (task, names) in enumerate(classification.items()):
         samples = [(f"{i:04d}", _png(list(colours.values())[i % 3], 100 * t + i), str(i % len(names)))
                    for i in range(12)]  # fmt: skip

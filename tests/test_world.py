@@ -27,7 +27,7 @@ MINI = {
     "pool_size": 300,
     "reference_size": 40,
     "samples_per_shard": 100,
-    "eval": {"per_class": 1, "retrieval_images": 20},
+    "eval": {"per_class": 1, "tail_per_class": 1, "retrieval_images": 20},
 }
 
 
@@ -294,7 +294,7 @@ def test_diagnostics_of_a_hand_made_subset(toy: World):
 def test_eval_tasks_have_clip_benchmark_layout(toy: World):
     suite = json.loads((toy.eval_dir / "suite.json").read_text())
     names = [t["name"] for t in suite["tasks"]]
-    assert names == ["shapes", "colours", "shape_colour", "tail_shapes", "retrieval", "digits_real"]
+    assert names == ["shapes", "colours", "shape_colour", "tail_shapes", "retrieval", "digits", "digits_real"]
     for task in suite["tasks"]:
         folder = toy.eval_dir / task["name"]
         nshards = int((folder / "test" / "nshards.txt").read_text())
@@ -360,7 +360,7 @@ def test_config_mistakes_are_clear_errors():
     with pytest.raises(ConfigError, match=r"not in concepts\.palette"):
         resolve_config({"concepts": {"colours": ["red", "mauve"]}})
     assert resolve_config("toy") == resolve_config({"pool_size": 1500, "reference_size": 500, "samples_per_shard": 400,
-                                                    "eval": {"per_class": 4, "retrieval_images": 100,
+                                                    "eval": {"per_class": 4, "tail_per_class": 4, "retrieval_images": 100,
                                                              "samples_per_shard": 200}})  # fmt: skip
 
 

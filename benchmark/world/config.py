@@ -122,6 +122,7 @@ def _validate(cfg: dict[str, Any]) -> None:
         "reference_size",
         "samples_per_shard",
         "eval.per_class",
+        "eval.tail_per_class",
         "eval.retrieval_images",
         "eval.samples_per_shard",
     ):
