@@ -134,15 +134,24 @@ def resolving_power(summary: dict[str, Any]) -> str:
     for a, b in itertools.pairwise(rows):
         gap = rows[b]["headline"][0] - rows[a]["headline"][0]
         lines.append(f"| {a} | {b} | {100 * gap:+.1f} | {gap / pooled:+.1f} |" if pooled else f"| {a} | {b} | {100 * gap:+.1f} | |")
-    lines += ["", "| headline task | no_filter | x chance | oracle | no_filter / oracle | seed std / gap |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| headline task | no_filter | x chance | oracle | no_filter / oracle | seed std / gap: no_filter, oracle | all rows |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def pooled_std(task: str, labels: Sequence[str]) -> float:
+        return float(np.sqrt(np.mean([rows[label]["tasks"][task][1] ** 2 for label in labels])))
+
     for t in summary["headline_tasks"]:
         nf, orc, chance = low["tasks"][t][0], high["tasks"][t][0], summary["chance"].get(t)
         span = orc - nf
-        std = float(np.sqrt(np.mean([row["tasks"][t][1] ** 2 for row in rows.values()])))
+        ends, every = pooled_std(t, ["no_filter", "oracle"]), pooled_std(t, list(rows))
         lines.append(
             f"| {t}{' (tail)' if t in summary['tail_tasks'] else ''} | {100 * nf:.1f} | "
             + (f"{nf / chance:.1f}" if chance else "") + f" | {100 * orc:.1f} | "
-            + (f"{nf / orc:.2f}" if orc else "") + " | " + (f"{std / span:.2f}" if span > 0 else "") + " |"
+            + (f"{nf / orc:.2f}" if orc else "") + " | "
+            + (f"{ends / span:.2f} | {every / span:.2f}" if span > 0 else " | ") + " |"
         )
     return "\n".join(lines) + "\n"
 
