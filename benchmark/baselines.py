@@ -32,10 +32,29 @@ def run_baselines(
     runs: dict[str, list[Path]] = {}
     for label, strategy_overrides in strategies.items():
         for seed in seeds:
-            cfg = compose_config([*strategy_overrides, *overrides, f"seed={seed}"])
-            cfg.name = f"{label}-{cfg.scale.name}-s{seed}"
-            runs.setdefault(label, []).append(run_experiment(cfg, progress=progress))
+            runs.setdefault(label, []).append(run_experiment(_run_config(label, strategy_overrides, overrides, seed), progress=progress))
     return runs
+
+
+def finished_runs(
+    strategies: dict[str, list[str]], seeds: Sequence[int], overrides: Sequence[str] = ()
+) -> dict[str, list[Path]]:
+    """The run directories `run_baselines` would use, each with its results.json; error naming any missing."""
+    runs: dict[str, list[Path]] = {}
+    for label, strategy_overrides in strategies.items():
+        for seed in seeds:
+            cfg = _run_config(label, strategy_overrides, overrides, seed)
+            runs.setdefault(label, []).append(Path(cfg.runs_dir) / cfg.name)
+    missing = [str(d) for dirs in runs.values() for d in dirs if not (d / "results.json").exists()]
+    if missing:
+        raise ConfigError(f"--collect-only: no results.json in {', '.join(missing)}; run them first (drop --collect-only)")
+    return runs
+
+
+def _run_config(label: str, strategy_overrides: Sequence[str], overrides: Sequence[str], seed: int) -> Any:
+    cfg = compose_config([*strategy_overrides, *overrides, f"seed={seed}"])
+    cfg.name = f"{label}-{cfg.scale.name}-s{seed}"
+    return cfg
 
 
 def collect(runs: dict[str, list[Path]]) -> dict[str, list[dict[str, Any]]]:
@@ -209,6 +228,7 @@ def baselines_main(
     submit: bool = False,
     store: Path | None = None,
     progress: bool = True,
+    collect_only: bool = False,
 ) -> str:
     """Run the baseline set, print its table; optionally submit every strategy to the leaderboard."""
     cfg = compose_config(["+experiment=baselines", *overrides])
@@ -218,7 +238,7 @@ def baselines_main(
     unknown = sorted(set(strategies or ()) - set(table_cfg["strategies"]))
     if unknown:
         raise ConfigError(f"unknown strategies {unknown}; configs/experiment/baselines.yaml has {list(table_cfg['strategies'])}")
-    runs = run_baselines(chosen, seeds, overrides, progress=progress)
+    runs = finished_runs(chosen, seeds, overrides) if collect_only else run_baselines(chosen, seeds, overrides, progress=progress)
     summary = summarize_table(collect(runs))
     store_oracle_gaps(runs, summary)
     table = markdown_table(summary) + resolving_power(summary)

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="also write the table (.md) and its numbers (.json) here")
     p.add_argument("--submit", action="store_true", help="submit every run to the leaderboard store")
     p.add_argument("--store", type=Path, help="leaderboard store (default: leaderboard.sqlite)")
+    p.add_argument("--collect-only", action="store_true",
+                   help="build the table from finished runs (results.json) without running or re-evaluating")
     p.set_defaults(func=cmd_baselines)
 
     p = sub.add_parser("world", help="generate the embedded synthetic world (cached) and print where it is")
@@ -199,7 +201,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     if args.strategies:
         args.overrides += [s for s in args.strategies if "=" in s]
         args.strategies = [s for s in args.strategies if "=" not in s]
-    print(baselines_main(args.seeds, args.strategies, args.overrides, args.out, submit=args.submit, store=args.store))
+    print(baselines_main(args.seeds, args.strategies, args.overrides, args.out, submit=args.submit, store=args.store,
+                         collect_only=args.collect_only))
     return 0
 
 

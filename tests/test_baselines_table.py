@@ -73,3 +73,11 @@ def test_resolving_power_reports_gaps_chance_and_tail_noise(table):
     assert "| shapes (tail) | 21.0 | 2.1 | 41.0 | 0.51 | 0.07 | 0.14 |" in text
     del table["oracle"]
     assert resolving_power(summarize_table(table)) == ""
+
+
+def test_collect_only_names_the_runs_that_are_missing(tmp_path):
+    from siftbench.benchmark.baselines import baselines_main
+    from siftbench.benchmark.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"no results.json in .*no_filter-toy-s3.*no_filter-toy-s4"):
+        baselines_main([3, 4], ["no_filter"], [f"runs_dir={tmp_path}", "scale=toy"], collect_only=True)
