@@ -141,7 +141,7 @@ def _child_main(name: str, raw: str) -> None:
 # -- the sections ---------------------------------------------------------------------------------------
 
 
-def bench_embed(pairs: int = 8000, batch_size: int = 256, num_workers: int = 1, arch: str = "siftbench-tiny",
+def bench_embed(pairs: int = 8000, batch_size: int = 256, num_workers: int = 0, arch: str = "siftbench-tiny",
                 size: int = 32, workdir: str | Path | None = None) -> dict[str, Any]:
     from .embed import benchmark_embed_throughput
 

@@ -113,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="name of the embeddings (default: the architecture; 'scorer' for --pretrained world)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (a GPU when there is one)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=1,
-                   help="processes that read, decode and preprocess shards while the model runs (0: none)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes that read, decode and preprocess shards while the model runs (0: none; "
+                        "default 1 on a GPU, 0 on the CPU, where a worker would take cores from the model)")
     p.add_argument("overrides", nargs="*", help="executor=ray [executor.address=auto ...] runs shards on Ray actors")
     p.set_defaults(func=cmd_embed)
 
@@ -254,11 +255,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
         key = key or to_dict(cfg.scorer)["name"]
     elif pretrained is not None and Path(pretrained).is_file():
         checkpoint, pretrained = Path(pretrained), None
+    from .embed import default_decode_workers
+
     # Locally one process embeds (it uses every core) with decode workers beside it; Ray spreads actors.
     executor = make_executor(to_dict(cfg.executor)) if cfg.executor.name != "local" else None
     stats = embed_pool(args.pool, arch=args.model, model_key=key or args.model, checkpoint=checkpoint,
                        pretrained=pretrained, batch_size=args.batch_size, device=args.device, executor=executor,
-                       num_workers=args.workers)
+                       num_workers=args.workers if args.workers is not None else default_decode_workers(args.device))
     print(json.dumps(stats, indent=2))
     return 0
 
