@@ -20,15 +20,14 @@ near-duplicate variant and false removals of clean samples (see ``duplicate_reca
 from __future__ import annotations
 
 import json
-import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .fresh_process import peak_rss_gb, run_in_fresh_process
 
 EPS = 0.05
 
@@ -331,20 +330,12 @@ MEASUREMENTS = {
 
 def run_measurement(name: str, **kwargs: Any) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; add its peak RSS (its own and its worker processes')."""
-    cmd = [sys.executable, "-m", "siftbench.benchmark.bench_filters", name, json.dumps(kwargs)]
-    # Passive OpenMP waits: on a shared machine spinning faiss threads slow everyone down, us included.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"measurement {name} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_in_fresh_process("siftbench.benchmark.bench_filters", name, **kwargs)
 
 
 def _child_main(name: str, raw: str) -> None:
     result = MEASUREMENTS[name](**json.loads(raw))
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result["peak_rss_gb"] = max(own, children) * 1024 / 1e9  # ru_maxrss is KiB on Linux
+    result["peak_rss_gb"] = max(peak_rss_gb())
     print(json.dumps(result, default=_plain))
 
 

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import resource
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -27,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .bench import random_hex_uids
+from .fresh_process import peak_rss_gb, run_in_fresh_process
 
 SECTIONS = ("scan", "training", "filters", "embed", "scaling")
 
@@ -123,18 +121,12 @@ MEASUREMENTS = {"make_embedded_pool": make_embedded_pool, "score_select": measur
 
 def run_measurement(name: str, **kwargs: Any) -> dict[str, Any]:
     """One measurement in a fresh interpreter, with its peak RSS (its own, and its largest worker's)."""
-    cmd = [sys.executable, "-m", "siftbench.benchmark.bench_pool", name, json.dumps(kwargs)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"measurement {name} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_in_fresh_process("siftbench.benchmark.bench_pool", name, **kwargs)
 
 
 def _child_main(name: str, raw: str) -> None:
     result = MEASUREMENTS[name](**json.loads(raw))
-    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
-    result["peak_worker_rss_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
+    result["peak_rss_gb"], result["peak_worker_rss_gb"] = peak_rss_gb()
     print(json.dumps(result))
 
 
