@@ -15,54 +15,12 @@ Budget: under 4 minutes on one H100/H200 (shard writing ~15 s on 16 cores, model
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import tarfile
 import time
-from multiprocessing import Pool
 from pathlib import Path
 
-
-def _resize_shard(job: tuple[Path, Path, int, int, int]) -> int:
-    """Copy ``count`` samples (cycling) of a world shard to ``dest`` as ``size`` px JPEG + caption + fresh uid."""
-    from PIL import Image
-
-    from siftbench.benchmark.core.pool import iter_tar_samples
-
-    source, dest, size, count, shard = job
-    samples = [(s[e], s["txt"]) for _, s in iter_tar_samples(source)
-               for e in ("png", "jpg", "webp") if e in s and "txt" in s]
-    with tarfile.open(dest, "w") as tar:
-        for i in range(count):
-            image, caption = samples[i % len(samples)]
-            with Image.open(io.BytesIO(image)) as img:
-                buffer = io.BytesIO()
-                img.convert("RGB").resize((size, size), Image.BICUBIC).save(buffer, "JPEG", quality=95)
-            key = f"{shard:05d}{i:05d}"
-            uid = f"{shard * 100_000 + i + 1:032x}"
-            for ext, data in (("jpg", buffer.getvalue()), ("txt", caption),
-                              ("json", json.dumps({"uid": uid, "key": key}).encode())):
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return count
-
-
-def make_pool(world_shards: Path, pool: Path, n_shards: int, per_shard: int, size: int) -> int:
-    sources = sorted(world_shards.glob("*.tar"))
-    if not sources:
-        raise SystemExit(f"{world_shards}: no *.tar; pass the world's pool/shards folder (siftbench world prints it)")
-    (pool / "shards").mkdir(parents=True, exist_ok=True)
-    jobs = [(sources[i % len(sources)], pool / "shards" / f"{i:08d}.tar", size, per_shard, i) for i in range(n_shards)]
-    with Pool(min(len(jobs), os.cpu_count() or 1)) as workers:
-        return sum(workers.map(_resize_shard, jobs))
-
-
-def default_world_shards() -> Path | None:
-    root = Path(os.environ.get("SIFTBENCH_CACHE", Path.home() / ".cache" / "siftbench")) / "worlds"
-    found = sorted(root.glob("*/pool/shards"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+from world_jpeg import default_world_shards, write_jpeg_shards  # scripts/gpu/, beside this file
 
 
 def main() -> None:
@@ -91,7 +49,7 @@ def main() -> None:
 
     clock = time.perf_counter()
     pool = args.out / f"pool{args.size}"
-    pairs = make_pool(args.world_shards, pool, args.shards, args.per_shard, args.size)
+    pairs = write_jpeg_shards(args.world_shards, pool / "shards", args.shards, args.per_shard, args.size)
     shard_s = time.perf_counter() - clock
     result = benchmark_embed_throughput(pool, args.model, pretrained=args.pretrained, batch_size=args.batch_size,
                                         device=args.device, num_workers=args.workers)

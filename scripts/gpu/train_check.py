@@ -15,55 +15,12 @@ trainer start-up ~30 s, 35 trainer steps).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import tarfile
 import time
-from multiprocessing import Pool
 from pathlib import Path
 
-
-def _resize_shard(job: tuple[Path, Path, int, int]) -> int:
-    """Copy up to ``limit`` samples of a world shard to ``dest`` as ``size`` px JPEG + caption."""
-    from PIL import Image
-
-    from siftbench.benchmark.core.pool import iter_tar_samples
-
-    source, dest, size, limit = job
-    written = 0
-    with tarfile.open(dest, "w") as tar:
-        for key, sample in iter_tar_samples(source):
-            image = next((sample[e] for e in ("png", "jpg", "webp") if e in sample), None)
-            if image is None or "txt" not in sample:
-                continue
-            with Image.open(io.BytesIO(image)) as img:
-                buffer = io.BytesIO()
-                img.convert("RGB").resize((size, size), Image.BICUBIC).save(buffer, "JPEG", quality=95)
-            for ext, data in (("jpg", buffer.getvalue()), ("txt", sample["txt"])):
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-            written += 1
-            if written == limit:
-                break
-    return written
-
-
-def make_shards(world_shards: Path, dest: Path, n_shards: int, per_shard: int, size: int) -> int:
-    sources = sorted(world_shards.glob("*.tar"))
-    if not sources:
-        raise SystemExit(f"{world_shards}: no *.tar; pass the world's pool/shards folder (siftbench world prints it)")
-    dest.mkdir(parents=True, exist_ok=True)
-    jobs = [(sources[i % len(sources)], dest / f"{i:05d}.tar", size, per_shard) for i in range(n_shards)]
-    with Pool(min(len(jobs), os.cpu_count() or 1)) as pool:
-        return sum(pool.map(_resize_shard, jobs))
-
-
-def default_world_shards() -> Path | None:
-    root = Path(os.environ.get("SIFTBENCH_CACHE", Path.home() / ".cache" / "siftbench")) / "worlds"
-    found = sorted(root.glob("*/pool/shards"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+from world_jpeg import default_world_shards, write_jpeg_shards  # scripts/gpu/, beside this file
 
 
 def main() -> None:
@@ -92,7 +49,7 @@ def main() -> None:
 
     clock = time.perf_counter()
     shards = args.out / "shards224"
-    samples = make_shards(args.world_shards, shards, args.shards, args.per_shard, 224)
+    samples = write_jpeg_shards(args.world_shards, shards, args.shards, args.per_shard, 224)
     shard_s = time.perf_counter() - clock
     # small's model and optimiser; only the batch differs (to fit one GPU), so the run is marked non-comparable.
     scale = dict(load_scale("small"), global_batch=args.batch, workers=args.workers, comparable=False)
