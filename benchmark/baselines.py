@@ -175,6 +175,34 @@ def resolving_power(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comparison(summary: dict[str, Any], reference: str) -> str:
+    """Every row against one reference row (an experiment's `compare_to`): the headline and each tail task's
+    difference, in points and in the table's pooled seed std of that quantity."""
+    rows = summary["rows"]
+    if reference not in rows or len(rows) < 2:
+        return ""
+
+    def pooled(task: str | None) -> float:
+        stds = [row["headline"][1] if task is None else row["tasks"][task][1] for row in rows.values()]
+        return float(np.sqrt(np.mean(np.square(stds))))
+
+    columns: list[str | None] = [None, *summary["tail_tasks"]]
+    head = ["strategy"] + [f"Δ {t or 'headline'} | in pooled std" for t in columns]
+    lines = ["", f"Against {reference} (pooled std over all rows):", "",
+             "| " + " | ".join(head) + " |", "|---|" + "---|---|" * len(columns)]  # fmt: skip
+    for label, row in rows.items():
+        if label == reference:
+            continue
+        cells = [label]
+        for t in columns:
+            mean, ref = (row["headline"][0], rows[reference]["headline"][0]) if t is None else (
+                row["tasks"][t][0], rows[reference]["tasks"][t][0])
+            std = pooled(t)
+            cells += [f"{100 * (mean - ref):+.1f}", f"{(mean - ref) / std:+.1f}" if std else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_summary(summary: dict[str, Any], path: Path) -> Path:
     """Per-task bars (mean ± std over seeds) for every strategy: the table, for people who would rather look."""
     import matplotlib
@@ -229,19 +257,23 @@ def baselines_main(
     store: Path | None = None,
     progress: bool = True,
     collect_only: bool = False,
+    experiment: str = "baselines",
 ) -> str:
-    """Run the baseline set, print its table; optionally submit every strategy to the leaderboard."""
-    cfg = compose_config(["+experiment=baselines", *overrides])
+    """Run an experiment's strategy set (configs/experiment/<experiment>.yaml), print its table; optionally
+    submit every strategy to the leaderboard."""
+    cfg = compose_config([f"+experiment={experiment}", *overrides])
     table_cfg = to_dict(cfg.experiment)
     # Rows in the order asked for (the resolving-power gaps compare neighbours), else the config's order.
     chosen = {k: table_cfg["strategies"][k] for k in (strategies or table_cfg["strategies"]) if k in table_cfg["strategies"]}
     unknown = sorted(set(strategies or ()) - set(table_cfg["strategies"]))
     if unknown:
-        raise ConfigError(f"unknown strategies {unknown}; configs/experiment/baselines.yaml has {list(table_cfg['strategies'])}")
+        raise ConfigError(f"unknown strategies {unknown}; configs/experiment/{experiment}.yaml has {list(table_cfg['strategies'])}")
     runs = finished_runs(chosen, seeds, overrides) if collect_only else run_baselines(chosen, seeds, overrides, progress=progress)
     summary = summarize_table(collect(runs))
     store_oracle_gaps(runs, summary)
     table = markdown_table(summary) + resolving_power(summary)
+    if table_cfg.get("compare_to"):
+        table += comparison(summary, table_cfg["compare_to"])
     if out is not None:
         write_json(Path(out).with_suffix(".json"), summary)
         write_text(Path(out), table)

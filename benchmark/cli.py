@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("baselines", help="the baseline strategies over several seeds, as a markdown table")
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--strategies", nargs="+", help="labels from configs/experiment/baselines.yaml (default: all)")
+    p.add_argument("--experiment", default="baselines",
+                   help="the strategy set: configs/experiment/<name>.yaml (baselines, filters)")
+    p.add_argument("--strategies", nargs="+", help="labels from the experiment's strategies (default: all)")
     p.add_argument("--out", type=Path, help="also write the table (.md) and its numbers (.json) here")
     p.add_argument("--submit", action="store_true", help="submit every run to the leaderboard store")
     p.add_argument("--store", type=Path, help="leaderboard store (default: leaderboard.sqlite)")
@@ -203,7 +205,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
         args.overrides += [s for s in args.strategies if "=" in s]
         args.strategies = [s for s in args.strategies if "=" not in s]
     print(baselines_main(args.seeds, args.strategies, args.overrides, args.out, submit=args.submit, store=args.store,
-                         collect_only=args.collect_only))
+                         collect_only=args.collect_only, experiment=args.experiment))
     return 0
 
 

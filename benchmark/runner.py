@@ -48,7 +48,9 @@ def run_experiment(cfg: Any, progress: bool = True) -> Path:
     timings: dict[str, float] = {}
     run_dir = Path(cfg.runs_dir) / run_name(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    config_yaml = OmegaConf.to_yaml(cfg)
+    check_same_experiment(run_dir, config_yaml)
+    write_text(run_dir / "config.yaml", config_yaml)
     say = print if progress else (lambda *a, **k: None)
 
     from siftbench.eval_suite import load_suite, summarize, write_eval_results_jsonl
@@ -129,6 +131,34 @@ def run_experiment(cfg: Any, progress: bool = True) -> Path:
     write_text(run_dir / "report.md", render_report(results, subset_stats))
     say(f"[siftbench] {run_dir.name}: average {results['average']:.3f} -> {run_dir / 'results.json'}")
     return run_dir
+
+
+# How a run is executed, not what it is: these may change between a run and its resume.
+EXECUTION_KEYS = ("executor", "device", "nproc", "runs_dir", "name", "plugins")
+
+
+def check_same_experiment(run_dir: Path, config_yaml: str) -> None:
+    """Stages skip outputs that exist, so a run folder made by another experiment would be reused silently."""
+    import yaml
+
+    previous_path = run_dir / "config.yaml"
+    if not previous_path.exists():
+        return
+    previous = yaml.safe_load(previous_path.read_text()) or {}
+    changed = [k for k in _flat_diff(previous, yaml.safe_load(config_yaml)) if k.split(".")[0] not in EXECUTION_KEYS]
+    if changed:
+        shown = ", ".join(changed[:8]) + (f" (+{len(changed) - 8} more)" if len(changed) > 8 else "")
+        raise ConfigError(
+            f"{run_dir} holds a run of a different experiment ({shown} differ from its config.yaml); its "
+            "finished stages would be reused. Pick another name=..., or move that folder away to start over"
+        )
+
+
+def _flat_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _flat_diff(a.get(k), b.get(k), f"{prefix}{k}.")]  # fmt: skip
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def select_stage(cfg: Any, pool_root: Path, world: Any | None, run_dir: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from siftbench.benchmark.config import compose_config
+from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.results import load_results
 from siftbench.benchmark.core.uids import file_sha256, read_subset
 from siftbench.benchmark.runner import run_experiment
@@ -65,3 +66,17 @@ def test_rerun_resumes_without_redoing_work(runs):
     cfg = compose_config([*TOY, "filter=clip_score", f"runs_dir={run_dir.parent}"])
     run_experiment(cfg, progress=False)
     assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_a_run_folder_of_another_experiment_is_refused_not_reused(runs):
+    run_dir = runs["clip_score"]
+    before = (run_dir / "config.yaml").read_text()
+    # Same folder name, another filter fraction: its subset and model must not be passed off as this run's.
+    cfg = compose_config([*TOY, "filter=clip_score", "subset_fraction=0.3", f"runs_dir={run_dir.parent}",
+                          f"name={run_dir.name}"])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"different experiment \(filter.fraction, subset_fraction differ"):
+        run_experiment(cfg, progress=False)
+    assert (run_dir / "config.yaml").read_text() == before
+    # How it runs is not what it is: another executor resumes the same run.
+    cfg = compose_config([*TOY, "filter=clip_score", "executor=ray", f"runs_dir={run_dir.parent}"])
+    assert run_experiment(cfg, progress=False) == run_dir

@@ -211,3 +211,29 @@ def test_concept_counts_before_and_after_are_reported(pool):
     assert set(notes) >= {"concept_counts_before", "concept_counts_after", "t"}
     assert notes["concept_counts_after"]["cross"] == notes["concept_counts_before"]["cross"]
     assert notes["concept_counts_after"]["circle"] < notes["concept_counts_before"]["circle"]
+
+
+@pytest.mark.parametrize("target", [{"size": 400}, {"pool_fraction": 0.4}])
+def test_metaclip_solved_cap_keeps_exactly_the_budget(pool, tmp_path, target):
+    root, truth = pool
+    stats = run_filter(root, {"name": "metaclip_balance", "vocabulary": SHAPES, **target}, tmp_path / "out")
+    assert stats["kept"] == 400  # 1,000 rows; pool_fraction is a share of the whole pool
+    t = stats["steps"][0]["notes"]["t"]
+    counts = truth[truth["uid"].isin(kept(tmp_path / "out"))]["shape"].value_counts()
+    planted = truth[truth["text"] != "nothing to see here"]["shape"].value_counts()
+    assert counts["cross"] == planted["cross"] < t  # the tail below the solved cap stays whole
+    assert counts["circle"] < 0.5 * planted["circle"]  # the head gives way
+    # The solved cap is the plain rule at that t: running with t= keeps the same set, up to boundary ties.
+    run_filter(root, {"name": "metaclip_balance", "vocabulary": SHAPES, "t": t}, tmp_path / "plain")
+    assert len(kept(tmp_path / "out") ^ kept(tmp_path / "plain")) <= 2
+
+
+@pytest.mark.parametrize(("params", "match"), [
+    ({}, "exactly one of t=, size= or pool_fraction="),
+    ({"t": 10, "size": 5}, "exactly one of"),
+    ({"pool_fraction": 1.5}, r"pool_fraction=1.5 must be in \(0, 1\]"),
+    ({"size": 0}, "size=0 must be a positive count"),
+])  # fmt: skip
+def test_metaclip_budget_parameters_are_checked(params, match):
+    with pytest.raises(ConfigError, match=match):
+        build_filter("metaclip_balance", {"vocabulary": SHAPES, **params})
