@@ -147,7 +147,8 @@ def bench_embed(pairs: int = 8000, batch_size: int = 256, num_workers: int = 0, 
     print(f"embed stage, {arch} ({size} px, batch {batch_size}, {report['torch_threads']} torch threads, "
           f"{num_workers} decode worker): {report['stage_pairs_per_s']:,.0f} pairs/s through the stage (read, decode, "
           f"preprocess, model, write) vs {report['in_memory_pairs_per_s']:,.0f} pairs/s for the model on in-memory "
-          f"tensors just before: ratio {report['ratio']:.2f}  [target >= 0.85]")
+          f"tensors (the pool's own batches), alternating over {report['rounds']} rounds: ratio {report['ratio']:.2f} "
+          f"(per round {', '.join(f'{r:.2f}' for r in report['ratio_per_round'])})  [target >= 0.85]")
     return report
 
 

@@ -223,6 +223,60 @@ def test_batch_preprocess_is_bit_identical_to_open_clips_preprocess():
         assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want)
 
 
+def test_png_fast_decode_gives_pils_pixels_and_leaves_the_rest_to_pil():
+    from siftbench.benchmark.embed import _decode_plain_png, _decode_rgb
+    from siftbench.eval_suite.data import decode_image
+
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+
+    def encode(image: Image.Image, **kwargs) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, **kwargs)
+        return buffer.getvalue()
+
+    rgb = Image.fromarray(pixels)
+    plain = encode(rgb, format="PNG")
+    cases = {
+        "plain": plain,
+        "compressed hard": encode(rgb, format="PNG", compress_level=9),
+        "with tRNS": encode(rgb, format="PNG", transparency=(1, 2, 3)),
+        "16-bit grey": encode(Image.fromarray(pixels[..., 0].astype(np.uint16) * 257), format="PNG"),
+        "palette": encode(rgb.convert("P"), format="PNG"),
+        "jpeg": encode(rgb, format="JPEG", quality=90),
+    }
+    assert isinstance(_decode_plain_png(plain), np.ndarray)  # the fast path is taken where it may be
+    assert _decode_plain_png(cases["jpeg"]) is None and _decode_plain_png(cases["palette"]) is None
+    for name, data in cases.items():
+        want = np.asarray(decode_image(data))
+        assert np.array_equal(np.asarray(_decode_rgb(data)), want), name
+    assert _decode_rgb(plain[: len(plain) // 2]) is None  # truncated: undecodable, as PIL says
+    assert _decode_rgb(b"\x89PNG\r\n\x1a\n" + b"\0" * 40) is None
+
+
+def test_fast_tokenizer_gives_open_clips_tokens():
+    import open_clip
+
+    from siftbench.benchmark.embed import AsciiFastTokenizer
+
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    fast = AsciiFastTokenizer.wrap(tokenizer)
+    assert isinstance(fast, AsciiFastTokenizer)
+    rng = np.random.default_rng(0)
+    alphabet = [*list("abcXYZ019 ,.!?'&;-\t\n"), "é", "ﬁ", "“", "”", "Ã©", "&amp;", "&lt;", "\u3000", "\x07"]
+    texts = ["".join(rng.choice(alphabet, size=rng.integers(0, 40))) for _ in range(2000)]
+    texts += ["a photo of a red circle", "A  BIG   Star, on a checker background", "x " * 100, ""]
+    assert torch.equal(fast(texts), tokenizer(texts))
+    assert torch.equal(fast("one caption"), tokenizer("one caption"))
+
+    class Plain:  # no clean_fn/BPE internals: used as it is
+        def __call__(self, texts):
+            return texts
+
+    plain = Plain()
+    assert AsciiFastTokenizer.wrap(plain) is plain
+
+
 def test_fast_tar_reader_matches_tarfile_and_falls_back_on_anything_else(tmp_path: Path):
     from siftbench.benchmark.embed import read_tar_samples
 
