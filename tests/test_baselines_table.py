@@ -81,3 +81,29 @@ def test_collect_only_names_the_runs_that_are_missing(tmp_path):
 
     with pytest.raises(ConfigError, match=r"no results.json in .*no_filter-toy-s3.*no_filter-toy-s4"):
         baselines_main([3, 4], ["no_filter"], [f"runs_dir={tmp_path}", "scale=toy"], collect_only=True)
+
+
+def test_comparison_against_a_reference_row(table):
+    from siftbench.benchmark.baselines import comparison
+
+    for rs in table.values():
+        for r in rs:
+            r["tasks"]["tail"] = {"score": r["tasks"]["shapes"]["score"] / 2, "groups": ["headline", "tail"]}
+    table["oracle"][1]["tasks"]["tail"]["score"] = 0.25  # oracle tail: 20, 25 -> std 3.54; others 0.71
+    text = comparison(summarize_table(table), "clip_score")
+    # headline (mean of shapes and tail per seed): no_filter 15.75, clip 23.25; stds 1.06, 1.06, 2.47 -> pooled
+    # 1.67, so -7.5 points = -4.5 std. Tail: 10.5 vs 15.5, stds 0.71, 0.71, 3.54 -> pooled 2.12: -2.4 std.
+    assert "| no_filter | -7.5 | -4.5 | -5.0 | -2.4 |" in text
+    assert "clip_score |" not in text.split("|---|", 1)[1]
+    assert comparison(summarize_table(table), "missing") == ""
+
+
+def test_experiment_option_picks_another_strategy_set(tmp_path):
+    from siftbench.benchmark.baselines import baselines_main
+    from siftbench.benchmark.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"configs/experiment/filters.yaml has \['clip_score', 'clip_balance'"):
+        baselines_main([0], ["nope"], [f"runs_dir={tmp_path}", "scale=toy"], experiment="filters")
+    with pytest.raises(ConfigError, match=r"no results.json in .*clip_balance-toy-s0"):
+        baselines_main([0], ["clip_balance"], [f"runs_dir={tmp_path}", "scale=toy"], collect_only=True,
+                       experiment="filters")
