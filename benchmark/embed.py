@@ -516,6 +516,69 @@ def _tar_members(mm: Any, size: int) -> list[tuple[str, int, int]] | None:
     """(name, data offset, size) of every regular file, or None when the fast path must not guess."""
     if mm[:2] in _COMPRESSED or mm[:3] == b"\xfd7z":
         return None
+    if size % 512 == 0:
+        found = _standard_tar_members(mm, size)
+        if found is not _NOT_STANDARD:
+            return found  # type: ignore[return-value]
+    return _tar_members_header_by_header(mm, size)
+
+
+_NOT_STANDARD = object()
+
+
+def _octal(fields: np.ndarray, digits: int) -> np.ndarray:
+    """Numeric tar fields written the standard way (zero-padded octal, then NUL or space); -1 elsewhere."""
+    values = fields[:, :digits].astype(np.int64) - 48
+    ok = ((values >= 0) & (values <= 7)).all(axis=1) & np.isin(fields[:, digits], (0, 32))
+    return np.where(ok, values @ (8 ** np.arange(digits - 1, -1, -1, dtype=np.int64)), -1)
+
+
+def _standard_tar_members(mm: Any, size: int) -> Any:
+    """``_tar_members`` for tars whose fields are in the standard form (what Python's tarfile and GNU tar
+    write), with the per-member work in numpy: only the walk from header to header stays in Python.
+    Returns _NOT_STANDARD for anything else (space-padded numbers, ustar prefixes), which the
+    header-by-header parse then reads."""
+    blocks = np.frombuffer(mm, dtype=np.uint8, count=size).reshape(-1, 512)
+    lengths = _octal(blocks[:, 124:136], 11).tolist()  # every block: data blocks just give garbage
+    starts: list[int] = []
+    block, count = 0, len(blocks)
+    while block < count:
+        length = lengths[block]
+        if length < 0:
+            if not blocks[block].any():  # end of archive: the rest must be zeros too
+                if blocks[block:].any():
+                    return None
+                break
+            return _NOT_STANDARD
+        starts.append(block)
+        block += 1 + -(-length // 512)
+    if block > count:  # the last member runs past the end: truncated
+        return None
+    if not starts:
+        return []
+    headers = blocks[starts]
+    stored = _octal(headers[:, 148:156], 6)
+    if (stored < 0).any():
+        return _NOT_STANDARD
+    sums = headers.sum(axis=1, dtype=np.int64) - headers[:, 148:156].sum(axis=1, dtype=np.int64) + 256
+    if not np.array_equal(sums, stored):
+        return None
+    kinds = headers[:, 156]
+    if not np.isin(kinds, (0, 48, 53)).all():  # pax, long names, links: tarfile's job
+        return None
+    ustar = (headers[:, 257:263] == np.frombuffer(b"ustar\x00", np.uint8)).all(axis=1)
+    if (ustar & (headers[:, 345] != 0)).any():  # a prefix extends some name
+        return _NOT_STANDARD
+    nul = headers[:, :100] == 0
+    name_lengths = np.where(nul.any(axis=1), nul.argmax(axis=1), 100).tolist()
+    return [
+        (mm[512 * b : 512 * b + n].decode("utf-8", "surrogateescape"), 512 * (b + 1), lengths[b])
+        for b, n, kind in zip(starts, name_lengths, kinds.tolist(), strict=True)
+        if kind != 53  # directories
+    ]
+
+
+def _tar_members_header_by_header(mm: Any, size: int) -> list[tuple[str, int, int]] | None:
     members = []
     headers: list[int] = []
     stored_sums: list[int] = []

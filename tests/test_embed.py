@@ -306,6 +306,41 @@ def test_fast_tar_reader_matches_tarfile_and_falls_back_on_anything_else(tmp_pat
         list(read_tar_samples(tar))
 
 
+def test_tar_reader_formats_gnu_ustar_prefix_and_space_padded_numbers(tmp_path: Path):
+    import mmap
+
+    from siftbench.benchmark.embed import _NOT_STANDARD, _standard_tar_members, read_tar_samples
+
+    def write(path: Path, fmt: int, names: list[str]) -> Path:
+        with tarfile.open(path, "w", format=fmt) as out:
+            for i, name in enumerate(names):
+                payload = f"payload {i}".encode()
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                out.addfile(info, io.BytesIO(payload))
+        return path
+
+    def standard(path: Path):
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return _standard_tar_members(mm, len(mm))
+
+    names = ["a/k1.txt", "a/k1.json", "a/k2.txt"]
+    gnu = write(tmp_path / "gnu.tar", tarfile.GNU_FORMAT, names)
+    assert standard(gnu) not in (None, _NOT_STANDARD)  # the vectorised path reads it
+    prefixed = write(tmp_path / "prefix.tar", tarfile.USTAR_FORMAT, ["d" * 90 + "/" + "e" * 60 + "/k1.txt"])
+    assert standard(prefixed) is _NOT_STANDARD  # a ustar prefix: read header by header
+    # Space-padded numbers, as some writers emit them: not the standard form, still read.
+    raw = bytearray(gnu.read_bytes())
+    raw[124:136] = b"%11o " % 9  # size 9, space-padded instead of zero-padded
+    raw[148:156] = b"        "
+    raw[148:156] = b"%06o\0 " % (sum(raw[:512]))
+    spaced = tmp_path / "spaced.tar"
+    spaced.write_bytes(bytes(raw))
+    assert standard(spaced) is _NOT_STANDARD
+    for path in (gnu, prefixed, spaced):
+        assert list(read_tar_samples(path)) == list(iter_tar_samples(path)), path.name
+
+
 def test_killed_embed_resumes_without_recomputing_finished_shards(tmp_path: Path, checkpoint: Path):
     """SIGKILL `siftbench embed` once its first shard is written, rerun it: finished shards are kept
     as they are (same inode and mtime), none is half-written, and the rest is embedded."""
