@@ -184,6 +184,7 @@ def select_stage(cfg: Any, pool_root: Path, world: Any | None, run_dir: Path) ->
     else:
         if world is not None:
             fill_eval_root(filter_cfg, world)
+            fill_image_based_targets(filter_cfg, cfg, world)
         plan = plan_from_config(filter_cfg)
         executor = make_executor(to_dict(cfg.executor))
         if world is not None:
@@ -209,6 +210,18 @@ def fill_eval_root(filter_cfg: dict[str, Any], world: Any) -> None:
     for step in steps:
         if "eval_root" in step and step["eval_root"] is None:
             step["eval_root"] = str(world.eval_dir)
+
+
+def fill_image_based_targets(filter_cfg: dict[str, Any], cfg: Any, world: Any) -> None:
+    """image_based steps on the world's scorer embedding (targets: null) aim at the clean reference images."""
+    for step in filter_cfg.get("steps", [filter_cfg]):
+        if step.get("name") == "image_based" and not step.get("targets"):
+            if step.get("embedding") != f"{cfg.scorer.name}_img":
+                raise ConfigError(f"image_based: targets is empty and embedding {step.get('embedding')!r} is not the "
+                                  f"world scorer's ({cfg.scorer.name}_img); give targets=<.npy of target embeddings>")
+            from .scorer import reference_image_targets
+
+            step["targets"] = str(reference_image_targets(world, to_dict(cfg.scorer), device=cfg.device))
 
 
 def ensure_world_scores(cfg: Any, world: Any, plan: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.atomic import write_json
+from .core.atomic import atomic_path, write_json
 from .core.filtering import uid_random
 from .core.pool import Pool
 from .core.uids import sort_uids
@@ -41,12 +41,16 @@ def ensure_scorer(world: Any, scorer_cfg: dict[str, Any], device: str = "cpu", w
     return name
 
 
+def scorer_folder(world: Any, scorer_cfg: dict[str, Any]) -> Path:
+    return Path(world.root) / "scorers" / f"{scorer_cfg['name']}-{scorer_fingerprint(scorer_cfg)}"
+
+
 def train_scorer(world: Any, scorer_cfg: dict[str, Any], device: str = "cpu") -> Path:
     from .reshard import reshard
     from .scales import load_scale
     from .train import train
 
-    folder = Path(world.root) / "scorers" / f"{scorer_cfg['name']}-{scorer_fingerprint(scorer_cfg)}"
+    folder = scorer_folder(world, scorer_cfg)
     reference = Pool.open(world.reference_dir)
     uids = reference.all_uids()
     size = scorer_cfg.get("reference_size")
@@ -65,3 +69,29 @@ def train_scorer(world: Any, scorer_cfg: dict[str, Any], device: str = "cpu") ->
         "epochs": int(scorer_cfg.get("epochs", 1)),
     }
     return train(shards, scale, folder / "train", seed=0, device=device)
+
+
+def reference_image_targets(world: Any, scorer_cfg: dict[str, Any], device: str = "cpu") -> Path:
+    """Targets for DataComp's image-based filter on the world: the scorer's image embeddings of the clean
+    reference set, cached beside the scorer. DataComp used ImageNet's training images, curated pictures
+    of what the evaluation asks about; the reference set plays that part here. (Text embeddings of concept
+    prompts were tried first: the gap between the text and image sides of a CLIP space sent all 106
+    prompts to a few clusters, 16% of the pool.)"""
+    from .embed import embed_pool
+
+    path = scorer_folder(world, scorer_cfg) / "reference_image_targets.npy"
+    if path.exists():
+        return path
+    checkpoint = train_scorer(world, scorer_cfg, device=device)
+    key = scorer_cfg["name"]
+    embed_pool(Path(world.reference_dir), arch=scorer_cfg["arch"], model_key=key, checkpoint=checkpoint,
+               device=device, progress=False)  # fmt: skip
+    images = []
+    for npz in sorted((Path(world.reference_dir) / "embeddings" / key).glob("*.npz")):
+        with np.load(npz, allow_pickle=False) as z:
+            images.append(z["image"].astype(np.float32))
+    targets = np.concatenate(images)
+    targets = targets[np.isfinite(targets).all(axis=1)]
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, targets)
+    return path

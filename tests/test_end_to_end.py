@@ -80,3 +80,22 @@ def test_a_run_folder_of_another_experiment_is_refused_not_reused(runs):
     # How it runs is not what it is: another executor resumes the same run.
     cfg = compose_config([*TOY, "filter=clip_score", "executor=ray", f"runs_dir={run_dir.parent}"])
     assert run_experiment(cfg, progress=False) == run_dir
+
+
+def test_image_based_on_the_world_aims_at_the_reference_images(runs, tmp_path):
+    from siftbench.benchmark.runner import resolve_pool, select_stage
+
+    cfg = compose_config([*TOY, "filter=image_based_clip", f"runs_dir={tmp_path}"])
+    pool_root, world = resolve_pool(cfg)
+    stats = select_stage(cfg, pool_root, world, tmp_path)
+    targets = np.load(stats["filters"][1]["params"]["targets"])
+    reference = len(read_subset_uids(world.reference_dir))
+    assert targets.shape == (reference, 128) and np.isfinite(targets).all()  # the scorer's 128-d space
+    clip, image_based = stats["steps"]
+    assert image_based["kept"] > 0 and stats["kept"] <= clip["kept"]  # an intersection
+
+
+def read_subset_uids(pool_dir):
+    from siftbench.benchmark.core.pool import Pool
+
+    return Pool.open(pool_dir).all_uids()
