@@ -22,8 +22,8 @@ class ImageBased(Filter):
 
     DataComp clustered L/14 image embeddings (k = 100,000 for 12.8M, 20 iterations, seed 0) and used
     ImageNet-1k training images as targets. Here ``targets`` is a ``.npy`` of (m, dim) embeddings made
-    by the same model as ``embedding`` (e.g. the world eval suite's training-style images, or text
-    embeddings of concept prompts); ``n_clusters`` defaults to DataComp's ratio, one per 128 samples.
+    by the same model as ``embedding`` (on the world: the clean reference images, filled in by the
+    runner; text embeddings of concept prompts fall into a few clusters across the modality gap); ``n_clusters`` defaults to DataComp's ratio, one per 128 samples.
     k-means sees rows in uid order, so the clusters do not depend on shard order.
     """
 
