@@ -560,8 +560,7 @@ def _standard_tar_members(mm: Any, size: int) -> Any:
     stored = _octal(headers[:, 148:156], 6)
     if (stored < 0).any():
         return _NOT_STANDARD
-    sums = headers.sum(axis=1, dtype=np.int64) - headers[:, 148:156].sum(axis=1, dtype=np.int64) + 256
-    if not np.array_equal(sums, stored):
+    if not _checksums_match(blocks.reshape(-1), [512 * b for b in starts], stored):
         return None
     kinds = headers[:, 156]
     if not np.isin(kinds, (0, 48, 53)).all():  # pax, long names, links: tarfile's job
@@ -613,16 +612,17 @@ def _tar_members_header_by_header(mm: Any, size: int) -> list[tuple[str, int, in
     else:
         if pos != size:
             return None
-    # Header checksums in one vectorised pass (summing 512 bytes per member in Python cost more than the
-    # rest of the parse): the sum of the header with its checksum field counted as spaces.
-    if headers:
-        raw = np.frombuffer(mm, dtype=np.uint8, count=size)
-        at = np.asarray(headers, dtype=np.int64)
-        sums = raw[at[:, None] + np.arange(512)].sum(axis=1, dtype=np.int64)
-        sums -= raw[at[:, None] + np.arange(148, 156)].sum(axis=1, dtype=np.int64)
-        if not np.array_equal(sums + 256, np.asarray(stored_sums, dtype=np.int64)):
-            return None
+    if headers and not _checksums_match(np.frombuffer(mm, dtype=np.uint8, count=size), headers, stored_sums):
+        return None
     return members
+
+
+def _checksums_match(raw: np.ndarray, offsets: Sequence[int], stored: Any) -> bool:
+    """Every tar header's checksum in one vectorised pass (summing 512 bytes per member in Python cost more
+    than the rest of the parse): the header's byte sum with its checksum field counted as spaces."""
+    at = np.asarray(offsets, dtype=np.int64)[:, None]
+    sums = raw[at + np.arange(512)].sum(axis=1, dtype=np.int64) - raw[at + np.arange(148, 156)].sum(axis=1, dtype=np.int64)
+    return bool(np.array_equal(sums + 256, np.asarray(stored, dtype=np.int64)))
 
 
 def default_decode_workers(device: str) -> int:

@@ -79,15 +79,18 @@ def reference_image_targets(world: Any, scorer_cfg: dict[str, Any], device: str 
     prompts to a few clusters, 16% of the pool.)"""
     from .embed import embed_pool
 
-    path = scorer_folder(world, scorer_cfg) / "reference_image_targets.npy"
+    folder = scorer_folder(world, scorer_cfg)
+    path = folder / "reference_image_targets.npy"
     if path.exists():
         return path
     checkpoint = train_scorer(world, scorer_cfg, device=device)
-    key = scorer_cfg["name"]
-    embed_pool(Path(world.reference_dir), arch=scorer_cfg["arch"], model_key=key, checkpoint=checkpoint,
-               device=device, progress=False)  # fmt: skip
+    # Beside this scorer, not in the reference pool under its name: another scorer config of the same name
+    # has its own folder, so neither clashes with nor reuses these embeddings.
+    embeddings = folder / "reference_embeddings"
+    embed_pool(Path(world.reference_dir), arch=scorer_cfg["arch"], model_key=scorer_cfg["name"],
+               checkpoint=checkpoint, device=device, progress=False, out_dir=embeddings)  # fmt: skip
     images = []
-    for npz in sorted((Path(world.reference_dir) / "embeddings" / key).glob("*.npz")):
+    for npz in sorted(embeddings.glob("*.npz")):
         with np.load(npz, allow_pickle=False) as z:
             images.append(z["image"].astype(np.float32))
     targets = np.concatenate(images)
