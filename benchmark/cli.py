@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=None,
                    help="processes that read, decode and preprocess shards while the model runs (0: none; "
-                        "default 1 on a GPU, 0 on the CPU, where a worker would take cores from the model)")
+                        "default on a GPU: one per core but one, up to 16; 0 on the CPU, where a worker would take "
+                        "cores from the model)")
     p.add_argument("overrides", nargs="*", help="executor=ray [executor.address=auto ...] runs shards on Ray actors")
     p.set_defaults(func=cmd_embed)
 

@@ -17,9 +17,11 @@ atomically after its stats, so it is the shard's completion marker: a rerun skip
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
@@ -134,23 +136,40 @@ def embed_tars(
     model = model.to(device).eval()
     with torch.no_grad():
         dim = model.encode_text(tokenizer([""]).to(device)).shape[-1]
-    source = _shard_batches(list(tars), preprocess, tokenizer, batch_size)
+    # On a GPU the workers hand over uint8 pixels and the GPU normalises them: a quarter of the bytes to
+    # copy between processes and to the device, and no float passes on the workers' cores.
+    on_gpu = torch.device(device).type == "cuda"
+    batcher = BatchPreprocess(preprocess, normalize_later=on_gpu)
+    source = _shard_batches(list(tars), preprocess, tokenizer, batch_size, normalize_later=on_gpu)
     # fork: the dataset class is made at call time (torch is imported lazily), so it cannot be pickled
-    stream = DataLoader(source, batch_size=None, num_workers=min(num_workers, len(tars)),
+    stream = DataLoader(source, batch_size=None, num_workers=min(num_workers, len(tars)), pin_memory=on_gpu,
                         multiprocessing_context="fork") if num_workers > 0 else source
     pending: dict[int, _Shard] = {}
-    with torch.no_grad(), tqdm(total=done_before + len(tars), initial=done_before, desc="embed", unit="shard",
+    threads = torch.get_num_threads()
+    if on_gpu and num_workers > 0:
+        torch.set_num_threads(min(4, threads))  # here torch only launches kernels; the cores are the workers'
+    with _restore_threads(threads), torch.no_grad(), tqdm(total=done_before + len(tars), initial=done_before, desc="embed", unit="shard",
                                disable=not progress) as bar:
         for item in stream:
             shard = pending.setdefault(item[1], _Shard(tars[item[1]], dim))
             if item[0] == "batch":
                 clock = time.perf_counter()
-                shard.add(*_encode(model, device, dim, *item[2:]))
+                shard.add(*_encode(model, device, dim, batcher, *item[2:]))
                 shard.model_seconds += time.perf_counter() - clock
             else:
                 shard.finish(out, pool_root, counts=Counter(item[2]))
                 del pending[item[1]]
                 bar.update(1)
+
+
+@contextmanager
+def _restore_threads(threads: int) -> Iterator[None]:
+    import torch
+
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _Shard:
@@ -200,8 +219,8 @@ class _Shard:
                      similarity=similarity)
 
 
-def _encode(model: Any, device: str, dim: int, uids: list[str], images: Any, image_rows: list[int], tokens: Any,
-            text_rows: list[int]) -> tuple[list[str], Any, Any]:
+def _encode(model: Any, device: str, dim: int, batcher: BatchPreprocess, uids: list[str], images: Any,
+            image_rows: list[int], tokens: Any, text_rows: list[int]) -> tuple[list[str], Any, Any]:
     """Unit fp32 features on CPU for one batch; rows without an image (or caption) stay NaN."""
     import torch
     import torch.nn.functional as F
@@ -209,15 +228,19 @@ def _encode(model: Any, device: str, dim: int, uids: list[str], images: Any, ima
     def run(encode: Callable, inputs: Any, rows: list[int]) -> Any:
         features = torch.full((len(uids), dim), float("nan"))
         if rows:
-            features[rows] = F.normalize(encode(inputs.to(device)).float(), dim=-1).cpu()
+            features[rows] = F.normalize(encode(inputs).float(), dim=-1).cpu()
         return features
 
+    images = batcher.to_device(images, device) if image_rows else None
+    tokens = tokens.to(device, non_blocking=True) if text_rows else None
     return uids, run(model.encode_image, images, image_rows), run(model.encode_text, tokens, text_rows)
 
 
-def _shard_batches(tars: list[Path], preprocess: Callable, tokenizer: Callable, batch_size: int) -> Any:
+def _shard_batches(tars: list[Path], preprocess: Callable, tokenizer: Callable, batch_size: int,
+                   normalize_later: bool = False) -> Any:
     """An IterableDataset of ("batch", shard index, uids, images, image rows, tokens, text rows) items and
-    one ("end", shard index, counts) per shard; DataLoader workers take whole shards."""
+    one ("end", shard index, counts) per shard; DataLoader workers take whole shards. ``normalize_later``:
+    images stay uint8 where BatchPreprocess can (``BatchPreprocess.to_device`` finishes them)."""
     from torch.utils.data import IterableDataset
 
     class ShardBatches(IterableDataset):
@@ -226,7 +249,7 @@ def _shard_batches(tars: list[Path], preprocess: Callable, tokenizer: Callable, 
 
             info = get_worker_info()
             worker, workers = (info.id, info.num_workers) if info else (0, 1)
-            batcher = BatchPreprocess(preprocess)
+            batcher = BatchPreprocess(preprocess, normalize_later=normalize_later)
             for index, tar in enumerate(tars):
                 if index % workers == worker:
                     yield from _decode_shard(index, tar, batcher, tokenizer, batch_size)
@@ -314,12 +337,17 @@ class BatchPreprocess:
     the model's size and mode, where those transforms are the identity. The batch then goes through the
     same float ops as ToTensor and Normalize, so the result is bit-identical to ``torch.stack([preprocess(
     image) ...])``. A preprocess of any other shape is applied per image, as it is.
+
+    ``normalize_later``: ``batch`` gives the uint8 pixels (B, H, W, C) instead, and ``to_device`` looks
+    them up in the same table on the device (for a GPU: a quarter of the bytes to move, the float work off
+    the CPU).
     """
 
     _IDENTITY_AT_SIZE = ("Resize", "CenterCrop", "MaybeConvertMode", "_convert_to_rgb")
 
-    def __init__(self, preprocess: Callable):
+    def __init__(self, preprocess: Callable, normalize_later: bool = False):
         self.preprocess = preprocess
+        self.normalize_later = normalize_later
         transforms = list(getattr(preprocess, "transforms", []))
         names = [getattr(t, "__name__", type(t).__name__) for t in transforms]
         self.fast = (len(names) >= 2 and names[-2] in ("ToTensor", "MaybeToTensor") and names[-1] == "Normalize"
@@ -359,6 +387,8 @@ class BatchPreprocess:
 
         if not self.fast:
             return torch.stack(images)
+        if self.normalize_later:
+            return torch.from_numpy(np.stack(images))
         # A uint8 pixel has 256 values per channel, so ToTensor + Normalize is a table lookup. The table is
         # made by the same float ops, in the same order, as ToTensor (float, /255) and Normalize (-mean,
         # /std), so the batch is bit-identical; one gather replaces five passes of elementwise torch ops,
@@ -370,17 +400,27 @@ class BatchPreprocess:
             np.take(table[c], pixels[..., c], out=out[:, c])
         return torch.from_numpy(out)
 
+    def to_device(self, batch: Any, device: str) -> Any:
+        """A ``batch`` result on ``device``, as ``preprocess`` would give it: uint8 pixels are looked up
+        there in the CPU-made table (arithmetic on a GPU would round differently)."""
+        import torch
+
+        from .pixels import normalize_uint8
+
+        batch = batch.to(device, non_blocking=True)
+        if batch.dtype != torch.uint8:
+            return batch
+        return normalize_uint8(batch.permute(0, 3, 1, 2).contiguous(), torch.from_numpy(self._table()))
+
     def _table(self) -> np.ndarray:
         import torch
 
+        from .pixels import normalize_table
+
         dtype = torch.get_default_dtype()
         if self._table_cache is None or self._table_cache.dtype != dtype:
-            values = torch.arange(256).to(dtype).expand(3, 256).contiguous().div(255)
-            mean = torch.as_tensor(self.mean, dtype=dtype).view(-1, 1)
-            std = torch.as_tensor(self.std, dtype=dtype).view(-1, 1)
-            self._table_cache = values.sub_(mean).div_(std)
+            self._table_cache = normalize_table(self.mean, self.std, dtype)
         return self._table_cache.numpy()
-
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -626,11 +666,15 @@ def _checksums_match(raw: np.ndarray, offsets: Sequence[int], stored: Any) -> bo
 
 
 def default_decode_workers(device: str) -> int:
-    """One decode worker beside a GPU; none on the CPU. There the model's threads already use every core,
-    and a worker preempting one of them stalls the other at each op's barrier: measured on 2 cores, the
-    stage ran at 0.69 of the in-memory model with a worker and 0.77-0.82 without one."""
+    """Beside a GPU, a decode worker per core but one (up to 16): ViT-B-32 on an H100 took 15 workers
+    decoding 224 px JPEGs to keep up (README, GPU checks). None on the CPU: there the model's threads
+    already use every core, and a worker preempting one of them stalls the other at each op's barrier
+    (measured on 2 cores: 0.69 of the in-memory model with a worker, 0.77-0.82 without one)."""
     resolved = EmbedModel("", None, None, device).resolved_device()
-    return 0 if resolved == "cpu" else 1
+    if resolved == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(1, min(16, cores - 1))
 
 
 def benchmark_embed_throughput(
@@ -672,6 +716,10 @@ def benchmark_embed_throughput(
             break
     if not in_memory:
         raise PoolError(f"{tars[0]}: no sample with both an image and a caption to measure the model on")
+    # What the stage feeds the model on this device must be what the CPU preprocess gives, bit for bit.
+    later = BatchPreprocess(preprocess, normalize_later=torch.device(device).type == "cuda")
+    first = next(item for item in _decode_shard(0, tars[0], later, fast_tokenizer, batch_size) if item[3] is not None)
+    same_inputs = bool(torch.equal(later.to_device(first[3], device).cpu(), in_memory[0][0].cpu()))
 
     def model_only(batches: int) -> float:
         clock = time.perf_counter()
@@ -711,6 +759,7 @@ def benchmark_embed_throughput(
         "in_memory_pairs_per_s": model_rate,
         "ratio": stage_rate / model_rate,
         "ratio_per_round": [round(m / s, 3) for s, m in zip(stage_times, model_times, strict=True)],
+        "stage_inputs_equal_cpu_preprocess": same_inputs,
     }
 
 

@@ -10,7 +10,11 @@ Runs ``open_clip_train.main`` (open_clip_torch 3.3.0, pinned) with what siftbenc
 - checkpoints appear atomically, because ``--resume latest`` picks the newest ``*.pt`` and a kill during
   ``torch.save`` would leave a truncated one;
 - open_clip_train reports some failures (e.g. "experiment already exists") by returning -1, which
-  exits 0; this launcher exits 1 instead.
+  exits 0; this launcher exits 1 instead;
+- loader workers hand over uint8 pictures and the model's visual tower turns them into normalised floats
+  on the training device, by a table of ToTensor + Normalize made on the CPU (the same numbers). Workers
+  then do a quarter of the copying and none of the float passes: on a GPU machine, where 16 workers
+  decoding 224 px JPEGs are the bottleneck, that is what lets the loader keep up (README, GPU checks).
 
 The parent (benchmark/train.py) sets SIFTBENCH_NUM_THREADS for torch's intra-op threads. This module is
 imported only in the training process, so it imports webdataset at the top (the pipeline subclass must
@@ -104,6 +108,61 @@ def patch_atomic_checkpoints() -> None:
     torch.save = atomic_save
 
 
+class UInt8Normalize:
+    """The tail ``ToTensor() + Normalize(mean, std)`` of a transform, split in two: ``to_uint8`` runs in
+    the loader worker, ``__call__`` (a forward pre-hook of the visual tower) on the training device."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.table = None  # ToTensor + Normalize per uint8 value (benchmark/pixels.py), made on first use
+
+    @staticmethod
+    def split(transform):
+        """``(transform ending in uint8 instead, UInt8Normalize)``, or None when it does not end in
+        ToTensor + Normalize (another augmentation: left as open_clip built it)."""
+        from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor
+
+        steps = list(getattr(transform, "transforms", []))
+        if len(steps) < 2 or not isinstance(steps[-2], ToTensor) or type(steps[-1]) is not Normalize:
+            return None
+        return Compose([*steps[:-2], PILToTensor()]), UInt8Normalize(steps[-1].mean, steps[-1].std)
+
+    def __call__(self, module, args):
+        import torch
+
+        from .pixels import normalize_table, normalize_uint8
+
+        images = args[0]
+        if images.dtype != torch.uint8:
+            return None  # already floats (evaluation, or a pipeline left unpatched)
+        if self.table is None:
+            self.table = normalize_table(self.mean, self.std, torch.float32)
+        return (normalize_uint8(images, self.table), *args[1:])
+
+def patch_uint8_images() -> None:
+    import open_clip
+    import open_clip_train.main as trainer
+
+    original = trainer.create_model_and_transforms
+    if getattr(original, "siftbench_patched", False):
+        return
+
+    def create_model_and_transforms(*args, **kwargs):
+        model, preprocess_train, preprocess_val = original(*args, **kwargs)
+        split = UInt8Normalize.split(preprocess_train)
+        # bf16/fp16 inputs are cast before the model (open_clip's input_dtype): uint8 must reach it whole.
+        if split is not None and open_clip.get_input_dtype(kwargs.get("precision", "fp32")) is None \
+                and hasattr(model, "visual"):
+            preprocess_train, normalize = split
+            model.visual.register_forward_pre_hook(normalize)
+            print("[siftbench] loader workers hand over uint8 images; ToTensor + Normalize run in the model",
+                  flush=True)
+        return model, preprocess_train, preprocess_val
+
+    create_model_and_transforms.siftbench_patched = True
+    trainer.create_model_and_transforms = create_model_and_transforms
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -116,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     patch_ddp_on_cpu()
     patch_exact_epochs()
     patch_atomic_checkpoints()
+    patch_uint8_images()
     from open_clip_train.main import main as open_clip_main
 
     argv = sys.argv[1:] if argv is None else list(argv)

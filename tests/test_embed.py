@@ -198,6 +198,7 @@ def test_throughput_benchmark(tmp_path: Path, checkpoint: Path):
     assert report["pairs"] == 8
     assert report["stage_pairs_per_s"] > 0 and report["in_memory_pairs_per_s"] > 0
     assert report["ratio"] == pytest.approx(report["stage_pairs_per_s"] / report["in_memory_pairs_per_s"])
+    assert report["stage_inputs_equal_cpu_preprocess"] is True
     assert not (pool / "embeddings").exists()  # measured in a temporary folder, the pool is untouched
 
 
@@ -221,6 +222,11 @@ def test_batch_preprocess_is_bit_identical_to_open_clips_preprocess():
         want = torch.stack([preprocess(decode_image(b)) for b in images])
         got = batcher.batch([batcher.image(_decode_rgb(b)) for b in images])
         assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want)
+        # The GPU path: uint8 pixels from the workers, normalised where the model runs, by the same ops.
+        later = BatchPreprocess(preprocess, normalize_later=True)
+        pixels = later.batch([later.image(_decode_rgb(b)) for b in images])
+        assert pixels.dtype == torch.uint8 and pixels.shape == (len(images), *want.shape[2:], 3)
+        assert torch.equal(later.to_device(pixels, "cpu"), want)
 
 
 def test_png_fast_decode_gives_pils_pixels_and_leaves_the_rest_to_pil():
@@ -375,3 +381,12 @@ def test_killed_embed_resumes_without_recomputing_finished_shards(tmp_path: Path
     assert stats["samples"] == stats["embedded"] == 8 * 48
     assert {n: (p.stat().st_ino, p.stat().st_mtime_ns) for n in done for p in [out / n]} == done
     assert not list(out.glob(".*tmp*")) and not list((out / "stats").glob(".*tmp*"))
+
+
+def test_decode_workers_default_keeps_a_gpu_fed_and_leaves_the_cpu_to_the_model(monkeypatch):
+    from siftbench.benchmark import embed
+
+    assert embed.default_decode_workers("cpu") == 0
+    for cores, workers in ((2, 1), (16, 15), (64, 16)):
+        monkeypatch.setattr(embed.os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        assert embed.default_decode_workers("cuda") == workers

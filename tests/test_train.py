@@ -214,3 +214,32 @@ def test_sigkill_midway_then_resume_trains_what_an_uninterrupted_run_does(toy_ru
                                                                                 ("uninterrupted", "resumed")}
     assert result["ok"] and optimizer_steps(checkpoint) == 24
     assert json.loads((tmp_path / "check" / "resume_check.json").read_text())["ok"] is True
+
+
+def test_uint8_loader_gives_the_model_what_open_clips_train_transform_gives():
+    """The launcher's split of ToTensor + Normalize: uint8 in the loader worker, floats on the device."""
+    import numpy as np
+    import open_clip
+    import torch
+    from PIL import Image
+
+    from siftbench.benchmark.open_clip_launcher import UInt8Normalize
+
+    rng = np.random.default_rng(0)
+    pictures = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 40), (50, 64))]
+    for size in (32, 224):
+        transform = open_clip.image_transform(size, is_train=True)
+        uint8_transform, normalize = UInt8Normalize.split(transform)
+        for picture in pictures:
+            torch.manual_seed(1)
+            want = transform(picture)
+            torch.manual_seed(1)  # the same RandomResizedCrop draw
+            pixels = uint8_transform(picture)
+            assert pixels.dtype == torch.uint8
+            (got,) = normalize(None, (pixels[None],))
+            assert got.dtype == want.dtype and torch.equal(got[0], want)
+        assert normalize(None, (want[None],)) is None  # floats pass through untouched
+    # A transform that does not end in ToTensor + Normalize stays as open_clip built it.
+    from torchvision.transforms import Compose, RandomErasing
+
+    assert UInt8Normalize.split(Compose([*transform.transforms, RandomErasing()])) is None

@@ -32,7 +32,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="image side of the resized shards")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=max(1, min(16, (os.cpu_count() or 2) - 1)))
-    parser.add_argument("--shards", type=int, default=32, help="DataLoader workers take whole shards: >= workers")
+    parser.add_argument("--shards", type=int, help="DataLoader workers take whole shards, so a multiple of the "
+                        "workers keeps all busy to the end (default: 2 per worker)")
     parser.add_argument("--per-shard", type=int, default=2048)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--rounds", type=int, default=2, help="stage and in-memory model alternate this many times")
@@ -43,6 +44,7 @@ def main() -> None:
     if args.tiny:
         args.model, args.batch_size, args.workers, args.shards, args.per_shard, args.device = (
             "siftbench-tiny", 64, 1, 2, 128, "cpu")
+    args.shards = args.shards or 2 * args.workers
     if args.world_shards is None:
         raise SystemExit("no world found; run `siftbench world` or pass --world-shards")
 
