@@ -9,7 +9,7 @@ with the stage), and their ratio (target >= 0.8; ANCHORS: ViT-B-32 inference ~12
     python scripts/gpu/embed_check.py --world-shards ~/.cache/siftbench/worlds/<id>/pool/shards --out $OUT
     python scripts/gpu/embed_check.py --tiny --out /tmp/embed-check     # CPU dry run
 
-Budget: under 4 minutes on one H100/H200 (shard writing ~15 s on 16 cores, model start-up, 2 rounds x 2 x ~5 s).
+Run by scripts/gpu/device_checks.sh. On one H100: ~2 min (shard writing ~8 s, 2 rounds of ~26 s stage + ~23 s model).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ tensors measured in the same run before and after, and their ratio (target >= 0.
     python scripts/gpu/train_check.py --world-shards ~/.cache/siftbench/worlds/<id>/pool/shards --out $OUT
     python scripts/gpu/train_check.py --tiny --out /tmp/check      # CPU dry run (tiny model, 3 steps)
 
-Budget: under 4 minutes on one H100 (shard writing ~10 s on 16 cores, compute-only 2 x 35 steps,
+Run by scripts/gpu/device_checks.sh. On one H100: ~90 s (shard writing ~3 s, compute-only 2 x 35 steps,
 trainer start-up ~30 s, 35 trainer steps).
 """
 
