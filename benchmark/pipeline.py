@@ -138,8 +138,9 @@ def select_subset(pool: Pool, plan: FilterPlan, scores_dir: Path, seed: int) -> 
             raise RuntimeError(f"step {step.id} scored a different set of rows; delete {scores_dir} and rerun")
     ctx = SelectContext(seed=seed, pool_size=len(uids))
     alive = np.zeros(len(uids), dtype=bool) if plan.combine == "union" else np.ones(len(uids), dtype=bool)
+    copies = np.ones(len(uids), dtype=np.int64)
     step_stats = []
-    for step, (_, values) in zip(plan.steps, loaded, strict=True):
+    for index, (step, (_, values)) in enumerate(zip(plan.steps, loaded, strict=True)):
         if plan.combine != "sequence" or alive.all():  # every row competes: no copies needed
             rows, step_values, step_uids = np.arange(len(uids)), values, uids
         else:
@@ -148,6 +149,12 @@ def select_subset(pool: Pool, plan: FilterPlan, scores_dir: Path, seed: int) -> 
         decision: Decision = step.filter.select(step_values, step_uids, ctx)
         keep = np.zeros(len(uids), dtype=bool)
         keep[rows[decision.keep]] = True
+        if decision.repeats is not None:
+            # Later steps would have to decide what a repeated row's copies mean; only the last may repeat.
+            if plan.combine != "sequence" or index != len(plan.steps) - 1:
+                raise ConfigError(f"filter {plan.label!r}: step {step.id} ({step.filter.name}) repeats samples, "
+                                  "so it must be the last step of a sequence (or the filter on its own)")
+            copies[rows] = np.where(decision.keep, decision.repeats, 0)
         alive = alive | keep if plan.combine == "union" else alive & keep
         step_stats.append(
             {
@@ -166,7 +173,9 @@ def select_subset(pool: Pool, plan: FilterPlan, scores_dir: Path, seed: int) -> 
         "combine": plan.combine,
         "steps": step_stats,
     }
-    return uids[alive], stats
+    if (copies[alive] != 1).any():
+        stats["subset_rows"] = int(copies[alive].sum())  # with repeats: what training draws from
+    return np.repeat(uids[alive], copies[alive]), stats
 
 
 def run_filter(

@@ -26,16 +26,29 @@ class MetaclipBalance(ConceptFilter):
     so that exactly that many samples stay (the same rule at the t that keeps them; the few draws nearest
     the boundary settle ties). This is how a balanced subset is compared with another filter at equal
     subset size, e.g. after a looser CLIP-score step.
+
+    ``resample: true`` (with ``t``) is MetaCLIP's balancing as its training uses it, where the cap is
+    drawn afresh every epoch: over a fixed budget each sample is seen in proportion to its keep
+    probability, so nothing is lost and the tail is seen more often. As a subset, that is a multiset of
+    ``size`` rows (default: as many as the candidates, i.e. the same size as the step before) in which
+    each sample appears about ``size * p / sum(p)`` times: systematic sampling over the samples in
+    per-uid draw order, so every count is the floor or the ceiling of its share and the total is exact.
+    It must be the last step of a sequence.
     """
 
     t: float | None = None
     size: int | None = None
     pool_fraction: float | None = None
+    resample: bool = False
 
     def __post_init__(self) -> None:
         self._check_concepts()
         given = {k: v for k, v in {"t": self.t, "size": self.size, "pool_fraction": self.pool_fraction}.items() if v is not None}
-        if len(given) != 1:
+        if self.resample:
+            if self.t is None or len(given) > 2:
+                raise ConfigError("metaclip_balance: resample=true needs t= and at most one of size= or "
+                                  f"pool_fraction= (got {given or 'none'})")
+        elif len(given) != 1:
             raise ConfigError(f"metaclip_balance: give exactly one of t=, size= or pool_fraction= (got {given or 'none'})")
         if self.t is not None and not float(self.t) >= 1:
             raise ConfigError(f"metaclip_balance: t={self.t} must be a positive count")
@@ -56,6 +69,9 @@ class MetaclipBalance(ConceptFilter):
             return np.where(has, 1.0 - miss.prod(axis=1), 0.0)
 
         size = self._target_size(ctx.pool_size)
+        if self.resample:
+            return self._resampled(keep_probability(float(self.t)), status, matrix, names, counts, draw,
+                                   int(has.sum()) if size is None else size, ctx.seed)
         t = float(self.t) if size is None else self._solve_t(keep_probability, draw, size, counts)
         probability = keep_probability(t)
         kept = draw < probability
@@ -69,6 +85,23 @@ class MetaclipBalance(ConceptFilter):
             len(values),
         )
         decision.notes = {"t": round(t, 3), "concept_counts_before": named_counts(counts, names),
+                          "concept_counts_after": named_counts(after, names)}  # fmt: skip
+        return decision
+
+    def _resampled(self, probability: np.ndarray, status: np.ndarray, matrix: np.ndarray, names: list[str],
+                   counts: np.ndarray, draw: np.ndarray, size: int, seed: int) -> Decision:
+        repeats = systematic_counts(probability, size, draw, seed)
+        kept = repeats > 0
+        rows = np.repeat(np.flatnonzero(kept), repeats[kept])
+        after = concept_counts(matrix, rows, len(names))
+        decision = Decision.from_reasons(
+            {"invalid_embedding": status == 1, "no_concept": status == 2, "not_drawn": (status == 0) & ~kept},
+            len(status),
+        )
+        decision.repeats = repeats
+        decision.notes = {"t": float(self.t), "resample": True, "rows": int(repeats.sum()),
+                          "max_repeats": int(repeats.max(initial=0)),
+                          "concept_counts_before": named_counts(counts, names),
                           "concept_counts_after": named_counts(after, names)}  # fmt: skip
         return decision
 
@@ -94,3 +127,23 @@ class MetaclipBalance(ConceptFilter):
             if hi - lo < 1e-6 * hi:
                 break
         return hi
+
+
+def systematic_counts(weight: np.ndarray, size: int, draw: np.ndarray, seed: int) -> np.ndarray:
+    """How many of ``size`` systematic draws fall on each row, rows weighted by ``weight``.
+
+    Rows are laid end to end in ``draw`` order (per uid and seed, so shard order cannot matter), each
+    as long as its share ``size * weight / sum(weight)``, and the draws are the points ``u + k`` for
+    k = 0..size-1 with one offset u from the seed: a row gets the floor or the ceiling of its share.
+    """
+    counts = np.zeros(len(weight), dtype=np.int64)
+    total = float(weight.sum())
+    if size <= 0 or total <= 0:
+        return counts
+    order = np.argsort(draw, kind="stable")
+    edges = np.cumsum(weight[order] * (size / total))
+    edges[-1] = size  # no rounding drift at the end: exactly `size` points fall inside
+    offset = float(np.random.default_rng([seed, 0x5EED]).random())
+    before = np.ceil(np.concatenate([[0.0], edges]) - offset).clip(min=0)  # points below each edge
+    counts[order] = np.diff(before).astype(np.int64)
+    return counts

@@ -185,6 +185,7 @@ def test_cluster_assignment_balances_clusters(pool, tmp_path):
     {"name": "metaclip_balance", "by": "zeroshot", "embedding": "toy_img", "vocabulary": SHAPES,
      "class_embeddings": "<classes.npy>", "t": 60},
     {"name": "diversity_balance", "vocabulary": SHAPES + COLOURS, "size": 300, "class_of": "rarest"},
+    {"name": "metaclip_balance", "vocabulary": SHAPES, "t": 60, "resample": True},
 ])  # fmt: skip
 def test_same_subset_with_one_or_two_workers_and_shuffled_shard_names(pool, tmp_path, cfg):
     root, _ = pool
@@ -233,7 +234,57 @@ def test_metaclip_solved_cap_keeps_exactly_the_budget(pool, tmp_path, target):
     ({"t": 10, "size": 5}, "exactly one of"),
     ({"pool_fraction": 1.5}, r"pool_fraction=1.5 must be in \(0, 1\]"),
     ({"size": 0}, "size=0 must be a positive count"),
+    ({"resample": True, "size": 5}, "resample=true needs t="),
+    ({"resample": True, "t": 10, "size": 5, "pool_fraction": 0.5}, "at most one of size= or pool_fraction="),
 ])  # fmt: skip
 def test_metaclip_budget_parameters_are_checked(params, match):
     with pytest.raises(ConfigError, match=match):
         build_filter("metaclip_balance", {"vocabulary": SHAPES, **params})
+
+
+def test_systematic_counts_are_exact_fair_and_order_free():
+    from siftbench.filters.metaclip_balance import systematic_counts
+
+    rng = np.random.default_rng(3)
+    weight, draw = rng.random(500) ** 3, rng.random(500)
+    counts = systematic_counts(weight, 1234, draw, seed=7)
+    share = 1234 * weight / weight.sum()
+    assert counts.sum() == 1234
+    assert np.all((counts == np.floor(share)) | (counts == np.ceil(share)))
+    order = rng.permutation(500)  # rows in another order, each with its own draw: the same counts per row
+    assert np.array_equal(systematic_counts(weight[order], 1234, draw[order], seed=7), counts[order])
+    assert not np.array_equal(systematic_counts(weight, 1234, draw, seed=8), counts)  # the offset is seeded
+    assert systematic_counts(np.zeros(5), 10, draw[:5], seed=0).sum() == 0
+
+
+def test_metaclip_resample_repeats_the_tail_at_the_same_size(pool, tmp_path):
+    root, truth = pool
+    stats = run_filter(root, {"name": "metaclip_balance", "vocabulary": SHAPES, "t": 60, "resample": True},
+                       tmp_path / "out")
+    subset = uids_to_hex(read_subset(tmp_path / "out" / "subset.npy"))
+    named = truth[truth["text"] != "nothing to see here"]
+    assert len(subset) == len(named) == stats["subset_rows"]  # as many rows as candidates with a concept
+    times = pd.Series(subset).value_counts()
+    per_shape = named.assign(times=named["uid"].map(times).fillna(0)).groupby("shape")["times"]
+    # Each sample is drawn in proportion to its keep probability: the tail (count <= t) about
+    # len / sum(min(count, t)) times each, the head about t / count times that.
+    counts = named["shape"].value_counts()
+    rate = len(named) / np.minimum(counts, 60).sum()
+    for shape, n in counts.items():
+        expected = rate * min(1.0, 60 / n)
+        # Each count is the floor or ceiling of its share, so a class's mean is off by rounding noise only.
+        assert abs(per_shape.mean()[shape] - expected) < 2 / math.sqrt(n), shape
+    assert per_shape.mean()["cross"] > 1.5 and per_shape.mean()["circle"] < 0.5
+    assert stats["steps"][0]["dropped"]["no_concept"] == 20
+    notes = stats["steps"][0]["notes"]
+    assert notes["concept_counts_after"]["cross"] > notes["concept_counts_before"]["cross"]
+
+
+def test_a_resampling_step_must_come_last(pool, tmp_path):
+    root, _ = pool
+    cfg = {"name": "bad", "combine": "sequence", "steps": [
+        {"name": "metaclip_balance", "vocabulary": SHAPES, "t": 60, "resample": True},
+        {"name": "metaclip_balance", "vocabulary": SHAPES, "t": 60},
+    ]}  # fmt: skip
+    with pytest.raises(ConfigError, match="must be the last step of a sequence"):
+        run_filter(root, cfg, tmp_path / "out")

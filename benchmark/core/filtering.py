@@ -57,6 +57,8 @@ class Decision:
     reason_names: tuple[str, ...]
     # What a filter wants recorded beside its drop counts (concept counts, cluster sizes): JSON-able.
     notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Times each kept row goes into the subset (upsampling, e.g. balancing by resampling); None = once.
+    repeats: np.ndarray | None = None
 
     @classmethod
     def from_mask(cls, keep: np.ndarray, reason: str) -> Decision:
