@@ -428,17 +428,23 @@ def benchmark_training_throughput(
                  warmup=min(scale["warmup"], steps), comparable=False)
     with tempfile.TemporaryDirectory(prefix="siftbench-bench-") as tmp:
         run_dir = Path(out_dir) if out_dir is not None else Path(tmp)
-        train(shards_dir, short, run_dir, seed, device=device, resume=False, progress=progress, log_every_n_steps=1)
+        # Logging reads the loss (.item()), which waits for the GPU: every step, it would stop the trainer
+        # from queueing the next step's kernels early, which the compute-only loop does. So log every
+        # warm-up's worth of steps: the first point after warm-up starts the clock, the last stops it.
+        log_every = max(1, warmup_steps)
+        train(shards_dir, short, run_dir, seed, device=device, resume=False, progress=progress,
+              log_every_n_steps=log_every)
         stats = json.loads((run_dir / "train_stats.json").read_text())
-        data_wait = _mean_data_time(run_dir / "train.log", skip=warmup_steps)
+        points = stats["progress_points"]
+        warm = [i for i, (_, n) in enumerate(points) if n >= warmup_steps * scale["global_batch"]]
+        data_wait = _mean_data_time(run_dir / "train.log", skip=warm[0] if warm else len(points))
     # Measured on both sides of the real run, so a machine whose load drifts meanwhile biases neither side.
     after = _compute_only_rate(scale, device, threads, steps, warmup_steps, seed)
     compute = (before + after) / 2
-    # Progress points come one per step here; skip the warm-up steps (loader start, first allocations).
-    points = stats["progress_points"]
+    # From the first progress point past the warm-up steps (loader start, first allocations) to the last.
     end_to_end = None
-    if len(points) >= 2:
-        (t0, n0), (t1, n1) = points[min(max(warmup_steps - 1, 0), len(points) - 2)], points[-1]
+    if warm and warm[0] < len(points) - 1:
+        (t0, n0), (t1, n1) = points[warm[0]], points[-1]
         end_to_end = (n1 - n0) / (t1 - t0) if t1 > t0 else None
     result = {
         "model": scale["model"],

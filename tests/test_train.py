@@ -197,8 +197,10 @@ def test_two_processes_under_torchrun_on_cpu(shards, tmp_path):
 def test_throughput_benchmark_reports_both_rates(shards, capsys):
     from siftbench.benchmark.train import benchmark_training_throughput
 
-    result = benchmark_training_throughput(shards, load_scale("toy"), steps=3, warmup_steps=1)
+    # warm-up 2: the trainer logs every 2 steps, and the clock runs from the first point past step 2.
+    result = benchmark_training_throughput(shards, load_scale("toy"), steps=4, warmup_steps=2)
     assert result["compute_only_samples_per_s"] > 0 and result["end_to_end_samples_per_s"] > 0
+    assert result["data_wait_s_per_step"] is not None
     assert result["ratio"] == pytest.approx(result["end_to_end_samples_per_s"] / result["compute_only_samples_per_s"], rel=0.01)
     assert "compute-only" in capsys.readouterr().out
 
