@@ -373,3 +373,24 @@ def test_ground_truth_columns(toy: World):
     digits = gt[gt["kind"] == "digit"]
     assert digits["shape"].isna().all() and digits["digit"].between(0, 9).all()
     assert (digits["concept"] == "digit " + digits["digit"].astype(str)).all()
+
+
+def test_tail_weight_steepens_only_the_tail_and_leaves_older_worlds_their_key():
+    from siftbench.benchmark.core.errors import ConfigError
+    from siftbench.benchmark.world.config import config_hash, resolve_config
+    from siftbench.benchmark.world.sampling import shape_weights, tail_shapes
+
+    plain = resolve_config()
+    assert "tail_weight" not in plain["concepts"]  # neutral: not part of the cache key
+    assert config_hash(resolve_config({"concepts": {"tail_weight": 1.0}})) == config_hash(plain)
+    steep = resolve_config({"concepts": {"tail_weight": 0.1}})
+    assert config_hash(steep) != config_hash(plain)
+    before, after = shape_weights(plain), shape_weights(steep)
+    tail = tail_shapes(plain)
+    assert tail_shapes(steep) == tail
+    head = [s for s in before if s not in tail]
+    for shape in tail:  # relative to any head shape, a tail shape is 10x rarer; head ratios are unchanged
+        assert after[shape] / after[head[0]] == pytest.approx(0.1 * before[shape] / before[head[0]])
+    assert after[head[1]] / after[head[0]] == pytest.approx(before[head[1]] / before[head[0]])
+    with pytest.raises(ConfigError, match="tail_weight"):
+        resolve_config({"concepts": {"tail_weight": 0}})

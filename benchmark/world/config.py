@@ -72,7 +72,15 @@ def resolve_config(cfg: Mapping[str, Any] | str | Path | None = None) -> dict[st
         user = _plain(cfg)
     merged = _merge(load_yaml("default"), user, ())
     _validate(merged)
+    # Knobs added after a world version shipped are left out at their neutral value, so the worlds made
+    # before them keep their cache key (and their runs their identity).
+    for key, neutral in _NEUTRAL_CONCEPT_KNOBS.items():
+        if merged["concepts"].get(key) == neutral:
+            del merged["concepts"][key]
     return merged
+
+
+_NEUTRAL_CONCEPT_KNOBS = {"tail_weight": 1.0}
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:
@@ -150,6 +158,8 @@ def _validate(cfg: dict[str, Any]) -> None:
             fail(f"concepts.palette.{name}", "must be an [R, G, B] list of 0-255")
     if not 0 <= concepts["digit_fraction"] < 1:
         fail("concepts.digit_fraction", "must be in [0, 1)")
+    if not 0 < concepts["tail_weight"] <= 1:
+        fail("concepts.tail_weight", "must be in (0, 1] (1 = the plain Zipf tail)")
     if concepts["zipf_exponent"] < 0:
         fail("concepts.zipf_exponent", "must be >= 0 (0 = uniform shapes)")
     lo, hi = concepts["scale"]

@@ -62,6 +62,8 @@ def shape_weights(cfg: dict[str, Any]) -> dict[str, float]:
     shapes = cfg["concepts"]["shapes"]
     ranks = rng_for(cfg["seed"], STREAM_CONCEPTS).permutation(len(shapes))
     raw = 1.0 / (ranks + 1.0) ** cfg["concepts"]["zipf_exponent"]
+    tail = ranks >= len(shapes) - cfg["eval"]["tail_shapes"]
+    raw = np.where(tail, raw * cfg["concepts"].get("tail_weight", 1.0), raw)
     return {s: float(w) for s, w in zip(shapes, raw / raw.sum(), strict=True)}
 
 
