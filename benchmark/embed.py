@@ -17,7 +17,6 @@ atomically after its stats, so it is the shard's completion marker: a rerun skip
 from __future__ import annotations
 
 import io
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -131,6 +130,8 @@ def embed_tars(
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    from .train import torch_threads
+
     model, preprocess, tokenizer = bundle
     tokenizer = AsciiFastTokenizer.wrap(tokenizer)
     model = model.to(device).eval()
@@ -145,11 +146,11 @@ def embed_tars(
     stream = DataLoader(source, batch_size=None, num_workers=min(num_workers, len(tars)), pin_memory=on_gpu,
                         multiprocessing_context="fork") if num_workers > 0 else source
     pending: dict[int, _Shard] = {}
-    threads = torch.get_num_threads()
-    if on_gpu and num_workers > 0:
-        torch.set_num_threads(min(4, threads))  # here torch only launches kernels; the cores are the workers'
-    with _restore_threads(threads), torch.no_grad(), tqdm(total=done_before + len(tars), initial=done_before, desc="embed", unit="shard",
-                               disable=not progress) as bar:
+    # Beside a GPU torch only launches kernels here, so it takes a few threads and leaves the cores to the workers.
+    threads = torch_threads(device, 1) if on_gpu and num_workers > 0 else torch.get_num_threads()
+    with _intra_op_threads(threads), torch.no_grad(), tqdm(
+        total=done_before + len(tars), initial=done_before, desc="embed", unit="shard", disable=not progress
+    ) as bar:
         for item in stream:
             shard = pending.setdefault(item[1], _Shard(tars[item[1]], dim))
             if item[0] == "batch":
@@ -163,13 +164,16 @@ def embed_tars(
 
 
 @contextmanager
-def _restore_threads(threads: int) -> Iterator[None]:
+def _intra_op_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` for the block, and set back after it."""
     import torch
 
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous)
 
 
 class _Shard:
@@ -355,6 +359,7 @@ class BatchPreprocess:
         self.pil_stage = transforms[:-2] if self.fast else []
         self.size: tuple[int, int] | None = None
         self._table_cache: Any = None  # ToTensor + Normalize of every uint8 value, per channel
+        self._device_table: Any = None  # the same on the device of to_device's batches
         if self.fast:
             normalize = transforms[-1]
             self.mean, self.std = normalize.mean, normalize.std
@@ -410,7 +415,9 @@ class BatchPreprocess:
         batch = batch.to(device, non_blocking=True)
         if batch.dtype != torch.uint8:
             return batch
-        return normalize_uint8(batch.permute(0, 3, 1, 2).contiguous(), torch.from_numpy(self._table()))
+        if self._device_table is None or self._device_table.device != batch.device:
+            self._device_table = torch.from_numpy(self._table()).to(batch.device)  # once, not per batch
+        return normalize_uint8(batch.permute(0, 3, 1, 2).contiguous(), self._device_table)
 
     def _table(self) -> np.ndarray:
         import torch
@@ -421,6 +428,7 @@ class BatchPreprocess:
         if self._table_cache is None or self._table_cache.dtype != dtype:
             self._table_cache = normalize_table(self.mean, self.std, dtype)
         return self._table_cache.numpy()
+
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -673,8 +681,9 @@ def default_decode_workers(device: str) -> int:
     resolved = EmbedModel("", None, None, device).resolved_device()
     if resolved == "cpu":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
-    return max(1, min(16, cores - 1))
+    from .train import usable_cores
+
+    return max(1, min(16, usable_cores() - 1))
 
 
 def benchmark_embed_throughput(

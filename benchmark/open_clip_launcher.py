@@ -109,12 +109,13 @@ def patch_atomic_checkpoints() -> None:
 
 
 class UInt8Normalize:
-    """The tail ``ToTensor() + Normalize(mean, std)`` of a transform, split in two: ``to_uint8`` runs in
-    the loader worker, ``__call__`` (a forward pre-hook of the visual tower) on the training device."""
+    """The tail ``ToTensor() + Normalize(mean, std)`` of a transform, split in two: ``split`` gives the
+    transform ending in uint8 (for the loader workers) and this object, whose ``__call__`` (a forward
+    pre-hook of the visual tower) normalises on the training device."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
         self.mean, self.std = tuple(mean), tuple(std)
-        self.table = None  # ToTensor + Normalize per uint8 value (benchmark/pixels.py), made on first use
+        self.table = None  # ToTensor + Normalize per uint8 value (benchmark/pixels.py), on the device
 
     @staticmethod
     def split(transform):
@@ -135,9 +136,10 @@ class UInt8Normalize:
         images = args[0]
         if images.dtype != torch.uint8:
             return None  # already floats (evaluation, or a pipeline left unpatched)
-        if self.table is None:
-            self.table = normalize_table(self.mean, self.std, torch.float32)
+        if self.table is None or self.table.device != images.device:
+            self.table = normalize_table(self.mean, self.std, torch.float32).to(images.device)  # once
         return (normalize_uint8(images, self.table), *args[1:])
+
 
 def patch_uint8_images() -> None:
     import open_clip

@@ -371,11 +371,12 @@ def _completed_epochs(log: Path) -> dict[int, int]:
 def torch_threads(device: str, nproc: int) -> int:
     """Intra-op threads per training process: the cores split between processes on CPU (the loader
     workers are mostly waiting on 32 px decodes); a few on GPU, where torch only launches kernels."""
-    per_process = max(1, _cpu_count() // nproc)
+    per_process = max(1, usable_cores() // nproc)
     return per_process if not device.startswith("cuda") else min(4, per_process)
 
 
-def _cpu_count() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a SLURM or container limit)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

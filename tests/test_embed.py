@@ -384,9 +384,11 @@ def test_killed_embed_resumes_without_recomputing_finished_shards(tmp_path: Path
 
 
 def test_decode_workers_default_keeps_a_gpu_fed_and_leaves_the_cpu_to_the_model(monkeypatch):
+    import os
+
     from siftbench.benchmark import embed
 
     assert embed.default_decode_workers("cpu") == 0
     for cores, workers in ((2, 1), (16, 15), (64, 16)):
-        monkeypatch.setattr(embed.os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)))
         assert embed.default_decode_workers("cuda") == workers

@@ -1,6 +1,7 @@
 #!/bin/bash
-# The GPU checks (device-side normalisation is bit-exact, #5 training, #7 embedding) in one call on the lent GPU machine, whose python3 has torch,
-# numpy, pandas, pyarrow, pillow, opencv, timm, regex, huggingface_hub and safetensors but no package index.
+# The GPU checks in one call on the lent GPU machine: device-side normalisation is bit-exact, training
+# throughput (#5), embedding throughput (#7). Its python3 has torch, numpy, pandas, pyarrow, pillow, opencv,
+# timm, regex, huggingface_hub and safetensors but no package index.
 # Prepared here (both folders ignored by git, carried to the machine):
 #   .whl/      open_clip_torch==3.3.0 webdataset==0.2.86 braceexpand ftfy wcwidth hydra-core==1.3.2
 #              omegaconf==2.3.0 antlr4-python3-runtime==4.9.3, and siftbench's own wheel (pip wheel --no-deps .)

@@ -29,9 +29,8 @@ def main() -> None:
     from siftbench.eval_suite.data import decode_image
 
     tar = sorted(args.world_shards.glob("*.tar"))[0]
-    raw = [sample_image(s)[1] for _, s in iter_tar_samples(tar) if sample_image(s) is not None][
-        : args.pictures
-    ]
+    found = (sample_image(s) for _, s in iter_tar_samples(tar))
+    raw = [image[1] for image in found if image is not None][: args.pictures]
     result = {"device": args.device, "pictures": len(raw)}
     for size in (32, 224):
         preprocess = open_clip.image_transform(size, is_train=False)
