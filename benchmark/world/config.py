@@ -74,13 +74,14 @@ def resolve_config(cfg: Mapping[str, Any] | str | Path | None = None) -> dict[st
     _validate(merged)
     # Knobs added after a world version shipped are left out at their neutral value, so the worlds made
     # before them keep their cache key (and their runs their identity).
-    for key, neutral in _NEUTRAL_CONCEPT_KNOBS.items():
-        if merged["concepts"].get(key) == neutral:
-            del merged["concepts"][key]
+    for (section, key), neutral in _NEUTRAL_KNOBS.items():
+        if merged[section].get(key) == neutral:
+            del merged[section][key]
     return merged
 
 
-_NEUTRAL_CONCEPT_KNOBS = {"tail_weight": 1.0}
+_NEUTRAL_KNOBS = {("concepts", "tail_weight"): 1.0, ("defects", "wrong_names"): "uniform"}
+WRONG_NAMES = ("uniform", "frequency")
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:
@@ -184,6 +185,8 @@ def _validate(cfg: dict[str, Any]) -> None:
         chosen = defects[key]
         if not chosen or any(v not in known for v in chosen):
             fail(f"defects.{key}", f"choose one or more of {sorted(known)}")
+    if defects["wrong_names"] not in WRONG_NAMES:
+        fail("defects.wrong_names", f"choose one of {list(WRONG_NAMES)}")
     if not 1 <= cfg["eval"]["tail_shapes"] < len(shapes):
         fail("eval.tail_shapes", f"must be between 1 and {len(shapes) - 1} (the number of shapes - 1)")
 

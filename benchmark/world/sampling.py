@@ -170,7 +170,7 @@ def _object_word(pic: Row, cfg: dict[str, Any], rng: np.random.Generator, digit:
 def _wrong_object(pic: Row, cfg: dict[str, Any], rng: np.random.Generator) -> str:
     if pic["kind"] == "digit":
         return _object_word(pic, cfg, rng, digit=int(rng.choice([d for d in range(10) if d != pic["digit"]])))
-    return str(rng.choice([s for s in cfg["concepts"]["shapes"] if s != pic["shape"]]))
+    return _pick_name(cfg, rng, [s for s in cfg["concepts"]["shapes"] if s != pic["shape"]])
 
 
 def _look_alike(pic: Row, cfg: dict[str, Any], rng: np.random.Generator) -> str:
@@ -178,8 +178,18 @@ def _look_alike(pic: Row, cfg: dict[str, Any], rng: np.random.Generator) -> str:
     options = cfg["captions"]["look_alikes"].get(key)
     if not options:
         return _wrong_object(pic, cfg, rng)
-    word = str(rng.choice(options))
+    word = _pick_name(cfg, rng, options) if pic["kind"] == "shape" else str(rng.choice(options))
     return _object_word(pic, cfg, rng, digit=int(word)) if pic["kind"] == "digit" and word.isdigit() else word
+
+
+def _pick_name(cfg: dict[str, Any], rng: np.random.Generator, names: list[str]) -> str:
+    """A wrong name for a picture: uniform, or (wrong_names: frequency) as often as the pool shows that shape.
+    Words that are not pool shapes (oval, box) weigh as an average shape. Uniform draws exactly as before."""
+    if cfg["defects"].get("wrong_names", "uniform") == "uniform":
+        return str(rng.choice(names))
+    weights = shape_weights(cfg)
+    p = np.array([weights.get(n, 1 / len(weights)) for n in names])
+    return str(names[int(rng.choice(len(names), p=p / p.sum()))])
 
 
 # -- metadata ------------------------------------------------------------------------------------------
