@@ -394,3 +394,34 @@ def test_tail_weight_steepens_only_the_tail_and_leaves_older_worlds_their_key():
     assert after[head[1]] / after[head[0]] == pytest.approx(before[head[1]] / before[head[0]])
     with pytest.raises(ConfigError, match="tail_weight"):
         resolve_config({"concepts": {"tail_weight": 0}})
+
+
+def test_wrong_names_by_frequency_make_captions_naming_a_rare_shape_mostly_right():
+    from siftbench.benchmark.core.errors import ConfigError
+    from siftbench.benchmark.world.config import config_hash, resolve_config
+    from siftbench.benchmark.world.sampling import _look_alike, _wrong_object, shape_weights, tail_shapes
+
+    plain = resolve_config()
+    assert "wrong_names" not in plain["defects"]  # neutral: not part of the cache key
+    assert config_hash(resolve_config({"defects": {"wrong_names": "uniform"}})) == config_hash(plain)
+    cfg = resolve_config({"concepts": {"tail_weight": 0.1}, "defects": {"wrong_names": "frequency"}})
+    assert config_hash(cfg) != config_hash(plain)
+    weights, tail = shape_weights(cfg), set(tail_shapes(cfg))
+    head = max(weights, key=weights.get)
+    pic = {"kind": "shape", "shape": head, "digit": None}
+    rng = np.random.default_rng(0)
+    named = [_wrong_object(pic, cfg, rng) for _ in range(4000)]
+    assert head not in named
+    expected = sum(weights[s] for s in tail) / (1 - weights[head])  # the tail's share of the other shapes
+    assert np.mean([n in tail for n in named]) == pytest.approx(expected, abs=0.01)
+    uniform = resolve_config({"concepts": {"tail_weight": 0.1}})
+    named = [_wrong_object(pic, uniform, rng) for _ in range(4000)]
+    assert np.mean([n in tail for n in named]) == pytest.approx(len(tail) / (len(weights) - 1), abs=0.03)
+    # look-alikes: a pool shape weighs its frequency, other words (oval, egg) an average shape's
+    alike = {"kind": "shape", "shape": "ellipse", "digit": None}
+    words = [_look_alike(alike, cfg, rng) for _ in range(3000)]
+    assert set(words) <= set(cfg["captions"]["look_alikes"]["ellipse"])
+    p = np.array([weights.get(w, 1 / len(weights)) for w in ("circle", "oval", "egg")])
+    assert np.mean([w == "circle" for w in words]) == pytest.approx(p[0] / p.sum(), abs=0.03)
+    with pytest.raises(ConfigError, match="wrong_names"):
+        resolve_config({"defects": {"wrong_names": "zipf"}})
