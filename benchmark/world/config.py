@@ -84,6 +84,11 @@ _NEUTRAL_KNOBS = {("concepts", "tail_weight"): 1.0, ("defects", "wrong_names"): 
 WRONG_NAMES = ("uniform", "frequency")
 
 
+def knob(cfg: Mapping[str, Any], section: str, key: str) -> Any:
+    """A late knob's value in a resolved config, which leaves it out at its neutral value."""
+    return cfg[section].get(key, _NEUTRAL_KNOBS[(section, key)])
+
+
 def config_hash(cfg: Mapping[str, Any]) -> str:
     """sha256 of the resolved config as canonical JSON: the world's cache key."""
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -23,7 +23,7 @@ from .captions import (
     spam_caption,
     url,
 )
-from .config import DEFECTS
+from .config import DEFECTS, knob
 
 Row = dict[str, Any]
 
@@ -63,7 +63,7 @@ def shape_weights(cfg: dict[str, Any]) -> dict[str, float]:
     ranks = rng_for(cfg["seed"], STREAM_CONCEPTS).permutation(len(shapes))
     raw = 1.0 / (ranks + 1.0) ** cfg["concepts"]["zipf_exponent"]
     tail = ranks >= len(shapes) - cfg["eval"]["tail_shapes"]
-    raw = np.where(tail, raw * cfg["concepts"].get("tail_weight", 1.0), raw)
+    raw = np.where(tail, raw * knob(cfg, "concepts", "tail_weight"), raw)
     return {s: float(w) for s, w in zip(shapes, raw / raw.sum(), strict=True)}
 
 
@@ -185,7 +185,7 @@ def _look_alike(pic: Row, cfg: dict[str, Any], rng: np.random.Generator) -> str:
 def _pick_name(cfg: dict[str, Any], rng: np.random.Generator, names: list[str]) -> str:
     """A wrong name for a picture: uniform, or (wrong_names: frequency) as often as the pool shows that shape.
     Words that are not pool shapes (oval, box) weigh as an average shape. Uniform draws exactly as before."""
-    if cfg["defects"].get("wrong_names", "uniform") == "uniform":
+    if knob(cfg, "defects", "wrong_names") == "uniform":
         return str(rng.choice(names))
     weights = shape_weights(cfg)
     p = np.array([weights.get(n, 1 / len(weights)) for n in names])
