@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from PIL import Image
 from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.pool import Pool, iter_tar_samples
 from siftbench.benchmark.core.uids import UID_DTYPE, hex_to_uids, isin_uids, sort_uids, validate_subset
-from siftbench.benchmark.world import DEFECTS, World, ensure_world, generate_world, resolve_config
+from siftbench.benchmark.world import DEFECTS, World, ensure_world, generate, generate_world, resolve_config
 from siftbench.benchmark.world.render import render_real_digit, sklearn_digits
 from siftbench.benchmark.world.sampling import tail_shapes
 
@@ -348,6 +349,23 @@ def test_ensure_world_generates_once_into_the_cache(tmp_path: Path):
     assert [p.name for p in (tmp_path / "worlds").iterdir()] == [first.root.name]  # no temp folders left
     with pytest.raises(FileExistsError):
         generate_world(MINI, first.root, progress=False)
+
+
+def test_two_processes_racing_to_create_a_world_share_the_first(tmp_path: Path, monkeypatch):
+    # The loser of the race finishes writing after the winner renamed its copy into place: it must open
+    # the winner's world, not fail on the folder that appeared (two runs started at once on a fresh cache).
+    winner = ensure_world(MINI, cache_dir=tmp_path / "winner", progress=False)
+    root = tmp_path / "worlds" / winner.root.name
+    write = generate._write_world
+
+    def write_then_lose_the_race(cfg, tmp, workers, progress):
+        write(cfg, tmp, workers, progress)
+        shutil.copytree(winner.root, root)
+
+    monkeypatch.setattr(generate, "_write_world", write_then_lose_the_race)
+    loser = ensure_world(MINI, cache_dir=tmp_path, progress=False)
+    assert loser.root == root and (root / "world.json").is_file()
+    assert [p.name for p in (tmp_path / "worlds").iterdir()] == [root.name]  # the loser's copy is gone
 
 
 def test_config_mistakes_are_clear_errors():

@@ -47,8 +47,10 @@ def ensure_world(
     root = Path(cache_dir or default_cache_dir()) / "worlds" / f"{WORLD_VERSION}-{config_hash(resolved)[:12]}"
     if (root / "world.json").is_file():
         return World.open(root)
-    if root.exists():  # only a crash outside generate_world leaves this; nothing else writes here
-        shutil.rmtree(root)
+    if root.exists():  # a racer's rename may have landed since the check above: delete only a broken world
+        if (root / "world.json").is_file():
+            return World.open(root)
+        shutil.rmtree(root)  # only a crash outside generate_world leaves this; nothing else writes here
     try:
         return generate_world(resolved, root, workers=workers, progress=progress)
     except FileExistsError:
@@ -72,9 +74,9 @@ def generate_world(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _write_world(resolved, tmp, workers, progress)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above); a rename cannot replace a folder
         try:
+            if out_dir.exists():
+                out_dir.rmdir()  # a rename cannot replace a folder; fails if a racer filled it meanwhile
             os.rename(tmp, out_dir)
         except OSError as e:  # another process renamed its copy first
             raise FileExistsError(f"{out_dir} appeared while generating") from e
