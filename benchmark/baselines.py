@@ -86,6 +86,7 @@ def summarize_table(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "tasks": {t: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0) for t, v in per_task.items()},
             "headline": (float(np.mean(headline)), float(np.std(headline, ddof=1)) if len(headline) > 1 else 0.0),
             "headline_per_seed": headline,
+            "tasks_per_seed": per_task,
         }
     pooled = float(np.sqrt(np.mean([row["headline"][1] ** 2 for row in rows.values()])))
     if "no_filter" in rows and "oracle" in rows:
@@ -177,19 +178,30 @@ def resolving_power(summary: dict[str, Any]) -> str:
 
 def comparison(summary: dict[str, Any], reference: str) -> str:
     """Every row against one reference row (an experiment's `compare_to`): the headline and each tail task's
-    difference, in points and in the table's pooled seed std of that quantity."""
+    difference, in points and in the table's pooled seed std of that quantity, and paired by seed (mean ± std
+    of the per-seed differences), which cancels the noise that the rows of one seed share."""
     rows = summary["rows"]
     if reference not in rows or len(rows) < 2:
         return ""
+
+    def per_seed(label: str, task: str | None) -> dict[int, float]:
+        row = rows[label]
+        values = row["headline_per_seed"] if task is None else row["tasks_per_seed"][task]
+        return dict(zip(row["seeds"], values, strict=True))
 
     def pooled(task: str | None) -> float:
         stds = [row["headline"][1] if task is None else row["tasks"][task][1] for row in rows.values()]
         return float(np.sqrt(np.mean(np.square(stds))))
 
+    def paired(label: str, task: str | None) -> str:
+        ref = per_seed(reference, task)
+        diffs = [v - ref[seed] for seed, v in per_seed(label, task).items() if seed in ref]
+        return _pm(float(np.mean(diffs)), float(np.std(diffs, ddof=1)), sign=True) if len(diffs) > 1 else ""
+
     columns: list[str | None] = [None, *summary["tail_tasks"]]
-    head = ["strategy"] + [f"Δ {t or 'headline'} | in pooled std" for t in columns]
-    lines = ["", f"Against {reference} (pooled std over all rows):", "",
-             "| " + " | ".join(head) + " |", "|---|" + "---|---|" * len(columns)]  # fmt: skip
+    head = ["strategy"] + [f"Δ {t or 'headline'} | in pooled std | paired by seed" for t in columns]
+    lines = ["", f"Against {reference} (pooled std over all rows; paired: mean ± std of the per-seed differences):",
+             "", "| " + " | ".join(head) + " |", "|---|" + "---|---|---|" * len(columns)]  # fmt: skip
     for label, row in rows.items():
         if label == reference:
             continue
@@ -198,7 +210,7 @@ def comparison(summary: dict[str, Any], reference: str) -> str:
             mean, ref = (row["headline"][0], rows[reference]["headline"][0]) if t is None else (
                 row["tasks"][t][0], rows[reference]["tasks"][t][0])
             std = pooled(t)
-            cells += [f"{100 * (mean - ref):+.1f}", f"{(mean - ref) / std:+.1f}" if std else ""]
+            cells += [f"{100 * (mean - ref):+.1f}", f"{(mean - ref) / std:+.1f}" if std else "", paired(label, t)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -230,8 +242,8 @@ def plot_summary(summary: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _pm(mean: float, std: float) -> str:
-    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+def _pm(mean: float, std: float, sign: bool = False) -> str:
+    return f"{100 * mean:{'+' if sign else ''}.1f} ± {100 * std:.1f}"
 
 
 def store_oracle_gaps(runs: dict[str, list[Path]], summary: dict[str, Any]) -> None:

@@ -93,7 +93,10 @@ def test_comparison_against_a_reference_row(table):
     text = comparison(summarize_table(table), "clip_score")
     # headline (mean of shapes and tail per seed): no_filter 15.75, clip 23.25; stds 1.06, 1.06, 2.47 -> pooled
     # 1.67, so -7.5 points = -4.5 std. Tail: 10.5 vs 15.5, stds 0.71, 0.71, 3.54 -> pooled 2.12: -2.4 std.
-    assert "| no_filter | -7.5 | -4.5 | -5.0 | -2.4 |" in text
+    # Paired by seed: no_filter sits exactly 10 shapes and 5 tail points under clip_score in both seeds (std 0),
+    # while the oracle's noisy tail (+5 points in seed 0, +9 in seed 1) pairs to +7.0 ± 2.8.
+    assert "| no_filter | -7.5 | -4.5 | -7.5 ± 0.0 | -5.0 | -2.4 | -5.0 ± 0.0 |" in text
+    assert "| oracle | +8.5 | +5.1 | +8.5 ± 1.4 | +7.0 | +3.3 | +7.0 ± 2.8 |" in text
     assert "clip_score |" not in text.split("|---|", 1)[1]
     assert comparison(summarize_table(table), "missing") == ""
 
