@@ -11,6 +11,8 @@ Runs ``open_clip_train.main`` (open_clip_torch 3.3.0, pinned) with what siftbenc
   ``torch.save`` would leave a truncated one;
 - open_clip_train reports some failures (e.g. "experiment already exists") by returning -1, which
   exits 0; this launcher exits 1 instead;
+- the same ``--seed`` trains the same weights: open_clip_train's sample shuffle seeds itself from the clock,
+  so it is swapped for its own epoch-seeded one (``seed_sample_shuffle``);
 - loader workers hand over uint8 pictures and the model's visual tower turns them into normalised floats
   on the training device, by a table of ToTensor + Normalize made on the CPU (the same numbers). Workers
   then do a quarter of the copying and none of the float passes: on a GPU machine, where 16 workers
@@ -63,11 +65,33 @@ def patch_exact_epochs() -> None:
                 raise RuntimeError(f"open_clip_train's loader changed ({type(dataset)}); update the launcher")
             dataset.__class__ = ExactEpochPipeline
             dataset.exact_batches = batches
+            seed_sample_shuffle(dataset)
             loader.num_batches, loader.num_samples = batches, batches * global_batch
         return info
 
     get_wds_dataset.siftbench_patched = True
     data.get_wds_dataset = get_wds_dataset
+
+
+def seed_sample_shuffle(dataset: wds.DataPipeline) -> None:
+    """Make the training pipeline's sample shuffle a function of the seed and the epoch.
+
+    open_clip_train ends its pipeline with ``wds.shuffle``, which without an ``rng`` seeds itself from the
+    pid and the clock: two runs with the same seed then saw their samples in different orders and differed
+    by up to 4.5 headline points on the world. Its own ``detshuffle2`` with a negative seed draws from the
+    loader worker's seed (itself set by ``--seed``, rank and worker id) and the shared epoch, as its shard
+    sampler already does.
+    """
+    import open_clip_train.data as data
+
+    epochs = [stage.epoch for stage in dataset.pipeline if isinstance(getattr(stage, "epoch", None), data.SharedEpoch)]
+    for i, stage in enumerate(dataset.pipeline):
+        if isinstance(stage, wds.filters.FilterFunction) and stage.f is wds.filters._shuffle \
+                and stage.kw.get("rng") is None:
+            if not epochs:
+                raise RuntimeError("open_clip_train's pipeline has no shared epoch; update the launcher")
+            dataset.pipeline[i] = data.detshuffle2(bufsize=stage.kw.get("bufsize", 1000),
+                                                   initial=stage.kw.get("initial", 100), seed=-1, epoch=epochs[0])
 
 
 def patch_ddp_on_cpu() -> None:

@@ -105,6 +105,17 @@ def test_toy_run_trains_exactly_the_budget_and_its_checkpoint_loads(toy_run):
     assert time.perf_counter() - clock < 5, "a finished run is not retrained"
 
 
+def test_the_same_seed_trains_the_same_weights(toy_run, tmp_path):
+    # open_clip_train's sample shuffle seeded itself from the clock; the launcher seeds it from --seed.
+    import torch
+
+    out, checkpoint = toy_run
+    again = train(out.parent / "shards", load_scale("toy"), tmp_path / "again", seed=0, progress=False)
+    first, second = (torch.load(c, map_location="cpu", weights_only=False)["state_dict"] for c in (checkpoint, again))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first), "same seed, different weights"
+
+
 def test_an_interrupted_run_resumes_from_its_latest_checkpoint(toy_run, tmp_path):
     out, _ = toy_run
     run = tmp_path / "run"
