@@ -45,12 +45,12 @@ def ensure_world(
     """
     resolved = resolve_config(cfg)
     root = Path(cache_dir or default_cache_dir()) / "worlds" / f"{WORLD_VERSION}-{config_hash(resolved)[:12]}"
+    # A world is renamed into place whole, so a folder without world.json is a crash's leftover. Looking at
+    # the folder before the file means a racer's rename landing in between is opened, never deleted.
+    if root.exists() and not (root / "world.json").is_file():
+        shutil.rmtree(root)
     if (root / "world.json").is_file():
         return World.open(root)
-    if root.exists():  # a racer's rename may have landed since the check above: delete only a broken world
-        if (root / "world.json").is_file():
-            return World.open(root)
-        shutil.rmtree(root)  # only a crash outside generate_world leaves this; nothing else writes here
     try:
         return generate_world(resolved, root, workers=workers, progress=progress)
     except FileExistsError:
