@@ -2,7 +2,8 @@
 
 The headline average leaves out tasks that every strategy saturates (> 95%): they cannot tell
 strategies apart and only compress the differences. On the world, every row also reports the
-oracle gap closed, (score - no_filter) / (oracle - no_filter), against the clean-pairs-only oracle.
+oracle gap closed, (score - no_filter) / (oracle - no_filter), against the oracle (the clean
+pairs only, every object drawn equally often: configs/filter/oracle.yaml).
 """
 
 from __future__ import annotations

@@ -173,13 +173,19 @@ def select_stage(cfg: Any, pool_root: Path, world: Any | None, run_dir: Path) ->
     if filter_cfg.get("name") == "oracle":
         if world is None:
             raise ConfigError("filter=oracle needs the embedded world's ground truth; it has no meaning on a real pool")
-        subset = world.oracle_subset()
-        write_subset(run_dir / "subset.npy", subset)
         pool_size = len(Pool.open(pool_root))
+        params = {k: v for k, v in filter_cfg.items() if k != "name"}
+        unknown = sorted(set(params) - {"resample_t", "pool_fraction"})
+        if unknown:
+            raise ConfigError(f"filter=oracle: unknown parameter(s) {unknown}; it takes ['pool_fraction', 'resample_t']")
+        fraction = params.get("pool_fraction")
+        size = None if fraction is None else max(1, int(pool_size * float(fraction)))
+        subset = world.oracle_subset(params.get("resample_t"), size=size, seed=int(cfg.seed))
+        write_subset(run_dir / "subset.npy", subset)
         stats: dict[str, Any] = {
             "pool_size": pool_size, "kept": len(subset), "kept_fraction": len(subset) / pool_size,
             "combine": "sequence", "steps": [], "filter": "oracle",
-            "filters": [{"name": "oracle", "version": world.version, "params": {}}],
+            "filters": [{"name": "oracle", "version": world.version, "params": params}],
         }
     else:
         if world is not None:

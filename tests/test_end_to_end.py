@@ -49,10 +49,18 @@ def test_clip_score_keeps_half_and_removes_mostly_misaligned(runs):
     assert diag["contamination_kept"]
 
 
-def test_oracle_keeps_only_clean_pairs(runs):
-    diag = json.loads((runs["oracle"] / "subset_stats.json").read_text())["diagnostics"]
+def test_oracle_draws_only_clean_pairs_to_clip_scores_size(runs):
+    stats = json.loads((runs["oracle"] / "subset_stats.json").read_text())
+    diag = stats["diagnostics"]
     assert all(d["kept"] == 0 for d in diag["defects"].values())
-    assert diag["clean"]["removed"] == 0
+    assert stats["kept"] == stats["pool_size"] // 2 > diag["subset_unique"]  # every object alike: rare ones repeat
+    assert stats["filters"][0]["params"] == {"resample_t": 1, "pool_fraction": 0.5}
+
+
+def test_oracle_parameters_are_checked(runs):
+    cfg = compose_config([*TOY, "filter=oracle", "+filter.t=5", f"runs_dir={runs['oracle'].parent}", "name=bad-oracle"])
+    with pytest.raises(ConfigError, match=r"filter=oracle: unknown parameter\(s\) \['t'\]"):
+        run_experiment(cfg, progress=False)
 
 
 def test_report_lists_tasks_and_defects(runs):

@@ -3,7 +3,7 @@
     from siftbench.benchmark.world import ensure_world
     world = ensure_world("toy")         # a config name, a dict or a Hydra DictConfig over default.yaml
     world.pool_dir, world.reference_dir, world.eval_dir
-    world.oracle_subset()               # the clean pairs, as a DataComp subset
+    world.oracle_subset()               # the clean pairs, as a DataComp subset (resample_t=1: every object alike)
     world.diagnostics(subset)           # per-defect recall, removal precision, contamination kept, ...
 
 Each pool sample carries at most one defect (ground_truth.parquet at the world root, never under

@@ -80,10 +80,30 @@ class World:
             self._ground_truth = table.to_pandas(types_mapper={pa.int8(): pd.Int8Dtype()}.get)
         return self._ground_truth.copy()
 
-    def oracle_subset(self) -> np.ndarray:
-        """The clean pairs only (every defect out, duplicates and eval copies too), as a DataComp subset."""
+    def oracle_subset(self, resample_t: float | None = None, size: int | None = None, seed: int = 0) -> np.ndarray:
+        """The clean pairs only (every defect out, duplicates and eval copies too), as a DataComp subset.
+
+        With ``resample_t``, the clean pairs are drawn as clip_resample draws its candidates (MetaCLIP's
+        keep probability t / max(count, t), systematic sampling to ``size`` rows with repeats), with each
+        pair's true object as its concept (its shape, or "digit"). t = 1 gives every object the same
+        share of the draws: what a filter with a perfect scorer would pick if it balanced fully.
+        """
         gt = self.ground_truth()
-        return sort_uids(hex_to_uids(gt.loc[gt["defect"] == "clean", "uid"].to_numpy()))
+        clean = gt[gt["defect"] == "clean"]
+        uids = hex_to_uids(clean["uid"].to_numpy())
+        if resample_t is None:
+            return sort_uids(uids)
+        if not float(resample_t) >= 1 or (size is not None and int(size) < 1):
+            raise SubsetError(f"oracle: resample_t={resample_t} and size={size} must be positive counts")
+        from siftbench.benchmark.core.filtering import uid_random
+        from siftbench.filters.metaclip_balance import systematic_counts
+
+        objects = clean["shape"].where(clean["kind"] == "shape", clean["kind"]).to_numpy(dtype=str)
+        names, concept = np.unique(objects, return_inverse=True)
+        counts = np.bincount(concept, minlength=len(names)).astype(np.float64)
+        keep = float(resample_t) / np.maximum(counts, float(resample_t))
+        repeats = systematic_counts(keep[concept], len(uids) if size is None else int(size), uid_random(uids, seed), seed)
+        return sort_uids(np.repeat(uids, repeats))
 
     def diagnostics(self, subset: np.ndarray) -> dict[str, Any]:
         """What a subset kept and removed, per planted defect, against the ground truth.
