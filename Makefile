@@ -36,7 +36,7 @@ baselines: setup
 	$(VENV)/bin/siftbench baselines --seeds 3 4 5 --strategies no_filter random clip_score_ref100 clip_score_ref500 clip_score clip_score_long oracle scale=tiny --out docs/results/world-tiny.md
 
 filters-table: setup
-	$(VENV)/bin/siftbench baselines --experiment filters --seeds 0 1 2 --strategies clip_score clip_balance clip_resample dedup_clip_balance dedup_clip_resample clip_dedup_resample dedup_clip decontam_clip scale=tiny --out docs/results/filters-tiny.md
+	$(VENV)/bin/siftbench baselines --experiment filters --seeds 0 1 2 --strategies clip_score clip_balance clip_resample clip_resample_t300 dedup_clip_balance dedup_clip_resample clip_dedup_resample dedup_clip decontam_clip scale=tiny --out docs/results/filters-tiny.md
 
 clean:
 	rm -rf runs site .pytest_cache
