@@ -234,11 +234,12 @@ def plot_summary(summary: dict[str, Any], path: Path) -> Path:
     ax.set_xticks(np.arange(len(tasks)), tasks, rotation=20)
     ax.set_ylabel("score (%)")
     ax.set_title(f"baselines, mean ± std over seeds {sorted({s for r in rows.values() for s in r['seeds']})}")
-    ax.legend(fontsize=8, ncols=len(rows))
+    # Below the axes, at most five to a line: one line of nine labels ran off the figure and over the bars.
+    ax.legend(fontsize=8, ncols=min(len(rows), 5), loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 
