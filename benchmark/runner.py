@@ -175,9 +175,9 @@ def select_stage(cfg: Any, pool_root: Path, world: Any | None, run_dir: Path) ->
             raise ConfigError("filter=oracle needs the embedded world's ground truth; it has no meaning on a real pool")
         pool_size = len(Pool.open(pool_root))
         params = {k: v for k, v in filter_cfg.items() if k != "name"}
-        unknown = sorted(set(params) - {"resample_t", "pool_fraction"})
-        if unknown:
-            raise ConfigError(f"filter=oracle: unknown parameter(s) {unknown}; it takes ['pool_fraction', 'resample_t']")
+        known = {"resample_t", "pool_fraction"}
+        if unknown := sorted(set(params) - known):
+            raise ConfigError(f"filter=oracle: unknown parameter(s) {unknown}; it takes {sorted(known)}")
         fraction = params.get("pool_fraction")
         size = None if fraction is None else max(1, int(pool_size * float(fraction)))
         subset = world.oracle_subset(params.get("resample_t"), size=size, seed=int(cfg.seed))

@@ -64,7 +64,7 @@ class MetaclipBalance(ConceptFilter):
         draw = uid_random(uids, ctx.seed)
 
         def keep_probability(t: float) -> np.ndarray:
-            cap = t / np.maximum(counts, t)  # per concept: chance to be kept by it
+            cap = concept_keep_rate(counts, t)
             miss = np.where(matrix >= 0, 1.0 - cap[np.maximum(matrix, 0)], 1.0)
             return np.where(has, 1.0 - miss.prod(axis=1), 0.0)
 
@@ -127,6 +127,11 @@ class MetaclipBalance(ConceptFilter):
             if hi - lo < 1e-6 * hi:
                 break
         return hi
+
+
+def concept_keep_rate(counts: np.ndarray, t: float) -> np.ndarray:
+    """MetaCLIP's rule per concept: the chance a sample is kept by a concept seen ``counts`` times, cap ``t``."""
+    return t / np.maximum(counts, t)
 
 
 def systematic_counts(weight: np.ndarray, size: int, draw: np.ndarray, seed: int) -> np.ndarray:

@@ -96,13 +96,13 @@ class World:
         if not float(resample_t) >= 1 or (size is not None and int(size) < 1):
             raise SubsetError(f"oracle: resample_t={resample_t} and size={size} must be positive counts")
         from siftbench.benchmark.core.filtering import uid_random
-        from siftbench.filters.metaclip_balance import systematic_counts
+        from siftbench.filters.metaclip_balance import concept_keep_rate, systematic_counts
 
         objects = clean["shape"].where(clean["kind"] == "shape", clean["kind"]).to_numpy(dtype=str)
         names, concept = np.unique(objects, return_inverse=True)
         counts = np.bincount(concept, minlength=len(names)).astype(np.float64)
-        keep = float(resample_t) / np.maximum(counts, float(resample_t))
-        repeats = systematic_counts(keep[concept], len(uids) if size is None else int(size), uid_random(uids, seed), seed)
+        keep = concept_keep_rate(counts, float(resample_t))[concept]
+        repeats = systematic_counts(keep, len(uids) if size is None else int(size), uid_random(uids, seed), seed)
         return sort_uids(np.repeat(uids, repeats))
 
     def diagnostics(self, subset: np.ndarray) -> dict[str, Any]:
