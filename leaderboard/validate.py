@@ -149,7 +149,7 @@ def same_value(a: Any, b: Any) -> bool:
 
 def shipped_check_scale(resolved: Mapping[str, Any], name: str) -> list[str]:
     """Differences from ``configs/scale/<name>.yaml``, as the harness itself checks them before training."""
-    from siftbench.benchmark.scales import check_scale
+    from siftbench.benchmark.core.scales import check_scale
 
     try:
         return list(check_scale(dict(resolved), name))
@@ -508,7 +508,7 @@ def harness_reevaluate(run_dir: Path, results: Mapping[str, Any], eval_root: Pat
             "no eval datasets to re-evaluate with: pass --suite-root (for the embedded world it is found "
             "beside the verified pool)"
         )
-    from siftbench.benchmark.evaluate import evaluate_checkpoint
+    from siftbench.benchmark.stages.evaluate import evaluate_checkpoint
     from siftbench.eval_suite import load_suite
 
     suite = load_suite(results["suite"]["name"], root=eval_root)

@@ -17,8 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from siftbench.benchmark.config import compose_config
-from siftbench.benchmark.runner import resolve_pool, select_stage
+from siftbench.benchmark.experiment.config import compose_config
+from siftbench.benchmark.experiment.runner import resolve_pool, select_stage
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "filter"
 

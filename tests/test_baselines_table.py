@@ -2,7 +2,12 @@
 
 import pytest
 
-from siftbench.benchmark.baselines import markdown_table, plot_summary, resolving_power, summarize_table
+from siftbench.benchmark.experiment.baselines import (
+    markdown_table,
+    plot_summary,
+    resolving_power,
+    summarize_table,
+)
 
 
 def results(seed, **scores):
@@ -76,15 +81,15 @@ def test_resolving_power_reports_gaps_chance_and_tail_noise(table):
 
 
 def test_collect_only_names_the_runs_that_are_missing(tmp_path):
-    from siftbench.benchmark.baselines import baselines_main
     from siftbench.benchmark.core.errors import ConfigError
+    from siftbench.benchmark.experiment.baselines import baselines_main
 
     with pytest.raises(ConfigError, match=r"no results.json in .*no_filter-toy-s3.*no_filter-toy-s4"):
         baselines_main([3, 4], ["no_filter"], [f"runs_dir={tmp_path}", "scale=toy"], collect_only=True)
 
 
 def test_comparison_against_a_reference_row(table):
-    from siftbench.benchmark.baselines import comparison
+    from siftbench.benchmark.experiment.baselines import comparison
 
     for rs in table.values():
         for r in rs:
@@ -102,8 +107,8 @@ def test_comparison_against_a_reference_row(table):
 
 
 def test_experiment_option_picks_another_strategy_set(tmp_path):
-    from siftbench.benchmark.baselines import baselines_main
     from siftbench.benchmark.core.errors import ConfigError
+    from siftbench.benchmark.experiment.baselines import baselines_main
 
     with pytest.raises(ConfigError, match=r"configs/experiment/filters.yaml has \['clip_score', 'clip_balance'"):
         baselines_main([0], ["nope"], [f"runs_dir={tmp_path}", "scale=toy"], experiment="filters")

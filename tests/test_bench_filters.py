@@ -1,6 +1,6 @@
 """The filter benchmark's caption-matching section runs and agrees with its one-caption-at-a-time reference."""
 
-from siftbench.benchmark.bench_filters import measure_concept_matching
+from siftbench.benchmark.perf.bench_filters import measure_concept_matching
 
 
 def test_concept_matching_agrees_with_one_caption_at_a_time():

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from siftbench.benchmark.bench_pool import make_embedded_pool, measure_score_select, run_sections
 from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.pool import Pool
 from siftbench.benchmark.core.uids import read_subset
+from siftbench.benchmark.perf.bench_pool import make_embedded_pool, measure_score_select, run_sections
 
 
 def test_score_select_over_a_synthetic_embedded_pool(tmp_path):

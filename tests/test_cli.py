@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from siftbench.benchmark.cli import main
+from siftbench.benchmark.experiment.cli import main
 
 
 def run_cli(capsys, *argv):
@@ -25,7 +25,7 @@ def test_missing_pool_folder(capsys, tmp_path):
 
 
 def test_unknown_filter_suggests(capsys, tmp_path):
-    from siftbench.benchmark.bench import make_metadata_pool
+    from siftbench.benchmark.perf.bench import make_metadata_pool
 
     pool = make_metadata_pool(tmp_path / "pool", 50, files=1)
     code, _, err = run_cli(capsys, "filter", str(pool), "--out", str(tmp_path / "o"), "filter.name=radnom")
@@ -40,7 +40,7 @@ def test_unknown_config_group_option_lists_choices(capsys):
 
 
 def test_threshold_and_fraction(capsys, tmp_path):
-    from siftbench.benchmark.bench import make_metadata_pool
+    from siftbench.benchmark.perf.bench import make_metadata_pool
 
     pool = make_metadata_pool(tmp_path / "pool", 50, files=1)
     code, _, err = run_cli(capsys, "filter", str(pool), "--out", str(tmp_path / "o"), "filter=clip_score",
@@ -50,7 +50,7 @@ def test_threshold_and_fraction(capsys, tmp_path):
 
 
 def test_reshard_refuses_bad_subsets(capsys, tmp_path):
-    from siftbench.benchmark.bench import make_metadata_pool
+    from siftbench.benchmark.perf.bench import make_metadata_pool
 
     pool = make_metadata_pool(tmp_path / "pool", 10, files=1)
     np.save(tmp_path / "int64.npy", np.arange(3))
@@ -59,7 +59,7 @@ def test_reshard_refuses_bad_subsets(capsys, tmp_path):
 
 
 def test_plugin_filter_from_a_file(capsys, tmp_path):
-    from siftbench.benchmark.bench import make_metadata_pool
+    from siftbench.benchmark.perf.bench import make_metadata_pool
 
     plugin = tmp_path / "my_filters.py"
     plugin.write_text(

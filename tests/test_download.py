@@ -25,10 +25,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from siftbench.benchmark.cli import main
 from siftbench.benchmark.core.pool import Pool, iter_tar_samples, sample_uid
 from siftbench.benchmark.core.uids import read_subset, uids_to_hex
-from siftbench.benchmark.download import failure_reason
+from siftbench.benchmark.experiment.cli import main
+from siftbench.benchmark.stages.download import failure_reason
 
 # img2dataset 1.47 imports imghdr (gone in Python 3.13; pyproject caps Python below it).
 pytestmark = [pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning"),
@@ -276,7 +276,7 @@ def test_the_downloaded_pool_goes_through_filter_and_reshard(pool, metadata, tmp
 
 def test_a_missing_distributor_is_an_error_not_a_silent_no_op(metadata, site, tmp_path):
     # img2dataset's ray distributor does nothing and returns when ray is not importable; hide ray to check.
-    code = ("import sys; sys.modules['ray'] = None; from siftbench.benchmark.cli import main; "
+    code = ("import sys; sys.modules['ray'] = None; from siftbench.benchmark.experiment.cli import main; "
             f"raise SystemExit(main(['download', {str(metadata[0])!r}, '--out', {str(tmp_path)!r}, "
             "'--distributor', 'ray']))")
     hits = len(site.hits)

@@ -16,10 +16,10 @@ pytest.importorskip("open_clip")
 from PIL import Image  # noqa: E402
 
 from siftbench.benchmark.core.errors import PoolError, StageError  # noqa: E402
+from siftbench.benchmark.core.executors import LocalExecutor  # noqa: E402
 from siftbench.benchmark.core.pool import Pool, iter_tar_samples  # noqa: E402
 from siftbench.benchmark.core.uids import UID_DTYPE, hex_to_uids  # noqa: E402
-from siftbench.benchmark.embed import benchmark_embed_throughput, embed_pool  # noqa: E402
-from siftbench.benchmark.executors import LocalExecutor  # noqa: E402
+from siftbench.benchmark.stages.embed import benchmark_embed_throughput, embed_pool  # noqa: E402
 
 COLOURS = [(230, 20, 20), (20, 200, 20), (20, 20, 230), (230, 230, 20), (20, 230, 230)]
 NAMES = ["red", "green", "blue", "yellow", "cyan"]
@@ -64,7 +64,7 @@ def build_pool(root: Path, shards: int = 2, per_shard: int = 5, corrupt: tuple[i
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """Fixed random weights, so every call in this module embeds with the same model."""
-    from siftbench.benchmark.models import load_model
+    from siftbench.benchmark.stages.models import load_model
 
     torch.manual_seed(0)
     model = load_model("siftbench-tiny")[0]
@@ -114,7 +114,7 @@ def test_embed_pool_files_dtypes_and_alignment(tmp_path: Path, checkpoint: Path)
     assert np.allclose(cosine, z["similarity"][ok], atol=2e-3)
 
     # The same numbers straight from the model, for one sample of each shard.
-    from siftbench.benchmark.models import load_model
+    from siftbench.benchmark.stages.models import load_model
 
     model, preprocess, tokenizer = load_model("siftbench-tiny", checkpoint=checkpoint)
     with torch.no_grad():
@@ -205,7 +205,7 @@ def test_throughput_benchmark(tmp_path: Path, checkpoint: Path):
 def test_batch_preprocess_is_bit_identical_to_open_clips_preprocess():
     import open_clip
 
-    from siftbench.benchmark.embed import BatchPreprocess, _decode_rgb
+    from siftbench.benchmark.stages.embed import BatchPreprocess, _decode_rgb
     from siftbench.eval_suite.data import decode_image
 
     rng = np.random.default_rng(0)
@@ -230,7 +230,7 @@ def test_batch_preprocess_is_bit_identical_to_open_clips_preprocess():
 
 
 def test_png_fast_decode_gives_pils_pixels_and_leaves_the_rest_to_pil():
-    from siftbench.benchmark.embed import _decode_plain_png, _decode_rgb
+    from siftbench.benchmark.stages.embed import _decode_plain_png, _decode_rgb
     from siftbench.eval_suite.data import decode_image
 
     rng = np.random.default_rng(1)
@@ -263,7 +263,7 @@ def test_png_fast_decode_gives_pils_pixels_and_leaves_the_rest_to_pil():
 def test_fast_tokenizer_gives_open_clips_tokens():
     import open_clip
 
-    from siftbench.benchmark.embed import AsciiFastTokenizer
+    from siftbench.benchmark.stages.embed import AsciiFastTokenizer
 
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     fast = AsciiFastTokenizer.wrap(tokenizer)
@@ -284,7 +284,7 @@ def test_fast_tokenizer_gives_open_clips_tokens():
 
 
 def test_fast_tar_reader_matches_tarfile_and_falls_back_on_anything_else(tmp_path: Path):
-    from siftbench.benchmark.embed import read_tar_samples
+    from siftbench.benchmark.stages.embed import read_tar_samples
 
     pool = build_pool(tmp_path / "pool", shards=1, corrupt=None)
     tar = pool / "shards" / "00000000.tar"
@@ -315,7 +315,7 @@ def test_fast_tar_reader_matches_tarfile_and_falls_back_on_anything_else(tmp_pat
 def test_tar_reader_formats_gnu_ustar_prefix_and_space_padded_numbers(tmp_path: Path):
     import mmap
 
-    from siftbench.benchmark.embed import _NOT_STANDARD, _standard_tar_members, read_tar_samples
+    from siftbench.benchmark.stages.embed import _NOT_STANDARD, _standard_tar_members, read_tar_samples
 
     def write(path: Path, fmt: int, names: list[str]) -> Path:
         with tarfile.open(path, "w", format=fmt) as out:
@@ -361,7 +361,7 @@ def test_killed_embed_resumes_without_recomputing_finished_shards(tmp_path: Path
     pool = tmp_path / "pool"
     make_tiny_pool(pool, n_shards=8, per_shard=48)
     out = pool / "embeddings" / KEY
-    cmd = [sys.executable, "-m", "siftbench.benchmark.cli", "embed", str(pool), "--model", "siftbench-tiny",
+    cmd = [sys.executable, "-m", "siftbench.benchmark.experiment.cli", "embed", str(pool), "--model", "siftbench-tiny",
            "--pretrained", str(checkpoint), "--key", KEY, "--batch-size", "8", "--device", "cpu", "--workers", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

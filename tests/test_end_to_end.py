@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from siftbench.benchmark.config import compose_config
 from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.results import load_results
 from siftbench.benchmark.core.uids import file_sha256, read_subset
-from siftbench.benchmark.runner import run_experiment
+from siftbench.benchmark.experiment.config import compose_config
+from siftbench.benchmark.experiment.runner import run_experiment
 
 TOY = ["world=toy", "scale=toy", "scorer.samples_seen=3072", "scorer.global_batch=64"]
 
@@ -91,7 +91,7 @@ def test_a_run_folder_of_another_experiment_is_refused_not_reused(runs):
 
 
 def test_image_based_on_the_world_aims_at_the_reference_images(runs, tmp_path):
-    from siftbench.benchmark.runner import resolve_pool, select_stage
+    from siftbench.benchmark.experiment.runner import resolve_pool, select_stage
 
     cfg = compose_config([*TOY, "filter=image_based_clip", f"runs_dir={tmp_path}"])
     pool_root, world = resolve_pool(cfg)

@@ -93,7 +93,7 @@ tasks:
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from siftbench.benchmark.models import load_model
+    from siftbench.benchmark.stages.models import load_model
 
     torch.manual_seed(0)
     return load_model("siftbench-tiny")
@@ -277,7 +277,7 @@ def test_shipped_datacomp_suite(tmp_path: Path):
 
 
 def test_evaluate_checkpoint_round_trip_and_mismatch(tiny_model, eval_root: Path, tmp_path: Path):
-    from siftbench.benchmark.evaluate import evaluate_checkpoint
+    from siftbench.benchmark.stages.evaluate import evaluate_checkpoint
 
     model = tiny_model[0]
     suite = load_suite(eval_root.parent / "tiny.yaml", eval_root)
@@ -298,7 +298,7 @@ def test_evaluate_main_reads_a_run_directory(tiny_model, eval_root: Path, tmp_pa
     import argparse
     import json
 
-    from siftbench.benchmark.evaluate import evaluate_main
+    from siftbench.benchmark.stages.evaluate import evaluate_main
 
     run_dir = tmp_path / "runs" / "r"
     (run_dir / "train").mkdir(parents=True)

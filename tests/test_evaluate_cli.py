@@ -11,9 +11,9 @@ from test_eval_suite import SUITE_YAML, caption_task, colour_task
 
 torch = pytest.importorskip("torch")
 
-from siftbench.benchmark.cli import main as cli_main  # noqa: E402
 from siftbench.benchmark.core.errors import ConfigError, StageError  # noqa: E402
-from siftbench.benchmark.models import cached_pretrained, load_model  # noqa: E402
+from siftbench.benchmark.experiment.cli import main as cli_main  # noqa: E402
+from siftbench.benchmark.stages.models import cached_pretrained, load_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

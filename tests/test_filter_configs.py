@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from siftbench.benchmark.config import compose_config, options, to_dict
-from siftbench.benchmark.pipeline import plan_from_config
+from siftbench.benchmark.experiment.config import compose_config, options, to_dict
+from siftbench.benchmark.stages.select import plan_from_config
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from siftbench.benchmark.core.errors import ConfigError
+from siftbench.benchmark.core.executors import LocalExecutor
 from siftbench.benchmark.core.filtering import SelectContext, build_filter
 from siftbench.benchmark.core.uids import file_sha256, hex_to_uids, read_subset, uids_to_hex
-from siftbench.benchmark.executors import LocalExecutor
-from siftbench.benchmark.pipeline import run_filter
+from siftbench.benchmark.stages.select import run_filter
 from siftbench.filters._concepts import ConceptMatcher
 
 SHAPES = ["circle", "square", "triangle", "star", "heart", "cross"]

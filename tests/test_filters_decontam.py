@@ -8,11 +8,11 @@ import pytest
 from dup_pool import make_dup_pool
 
 from siftbench.benchmark.core.errors import ConfigError
+from siftbench.benchmark.core.executors import LocalExecutor
 from siftbench.benchmark.core.filtering import build_filter
 from siftbench.benchmark.core.uids import file_sha256, read_subset, uids_to_hex
-from siftbench.benchmark.executors import LocalExecutor
-from siftbench.benchmark.image_features import compute_image_features
-from siftbench.benchmark.pipeline import run_filter
+from siftbench.benchmark.stages.image_features import compute_image_features
+from siftbench.benchmark.stages.select import run_filter
 
 
 @pytest.fixture(scope="module")

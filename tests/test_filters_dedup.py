@@ -12,11 +12,11 @@ import pytest
 from dup_pool import VARIANTS, make_dup_pool
 
 from siftbench.benchmark.core.errors import ConfigError, PoolError
+from siftbench.benchmark.core.executors import LocalExecutor
 from siftbench.benchmark.core.filtering import SelectContext, build_filter
 from siftbench.benchmark.core.uids import file_sha256, hex_to_uids, read_subset, uids_to_hex
-from siftbench.benchmark.executors import LocalExecutor
-from siftbench.benchmark.image_features import compute_image_features
-from siftbench.benchmark.pipeline import run_filter
+from siftbench.benchmark.stages.image_features import compute_image_features
+from siftbench.benchmark.stages.select import run_filter
 from siftbench.filters._neighbours import clustered_pairs, greedy_drop, hamming_pairs
 from siftbench.filters.semantic_dedup import semantic_dedup
 
@@ -115,7 +115,7 @@ def test_dedup_config_catches_every_variant_crops_included(pool, tmp_path):
     included, false removals <= 0.5%; no embedding involved, so no model can make crops easy."""
     from omegaconf import OmegaConf
 
-    from siftbench.benchmark.bench_filters import duplicate_recall
+    from siftbench.benchmark.perf.bench_filters import duplicate_recall
 
     cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / "dedup.yaml"))
     run_filter(root := pool[0], cfg, tmp_path / "out")

@@ -13,7 +13,7 @@ from dup_pool import make_dup_pool, png, render
 from siftbench.benchmark.core.image_hashing import hash_image_bytes, hex_sha256_words, mirror_thumbnails
 from siftbench.benchmark.core.pool import Pool
 from siftbench.benchmark.core.uids import hex_to_uids
-from siftbench.benchmark.image_features import compute_image_features
+from siftbench.benchmark.stages.image_features import compute_image_features
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 The eval datasets are small clip_benchmark folders written here, placed where the embedded world keeps
 them (``<world>/eval`` beside ``<world>/pool``), so submit finds them from the verified pool. Skipped only
-while ``siftbench.benchmark.evaluate`` cannot be imported; it needs the ML extra (torch, open_clip).
+while ``siftbench.benchmark.stages.evaluate`` cannot be imported; it needs the ML extra (torch, open_clip).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from leaderboard_fixtures import (
 from siftbench.leaderboard import submit
 from siftbench.leaderboard.validate import SubmissionRefused
 
-pytest.importorskip("siftbench.benchmark.evaluate")
+pytest.importorskip("siftbench.benchmark.stages.evaluate")
 
 
 def _png(rgb: tuple[int, int, int], seed: int) -> bytes:
@@ -81,8 +81,8 @@ def real_run(tmp_path_factory):
     import open_clip
     import torch
 
-    from siftbench.benchmark.evaluate import evaluate_checkpoint
-    from siftbench.benchmark.models import register_model_configs
+    from siftbench.benchmark.stages.evaluate import evaluate_checkpoint
+    from siftbench.benchmark.stages.models import register_model_configs
     from siftbench.eval_suite import load_suite
 
     tmp = tmp_path_factory.mktemp("reeval")

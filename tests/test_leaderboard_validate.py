@@ -213,7 +213,7 @@ def test_a_changed_learning_rate_is_refused(tmp_path, run):
 
 
 def test_the_shipped_scales_are_the_default_reference():
-    from siftbench.benchmark.scales import load_scale
+    from siftbench.benchmark.core.scales import load_scale
 
     toy = load_scale("toy")
     assert shipped_check_scale(toy, "toy") == []

@@ -8,12 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from siftbench.benchmark.bench import datacomp_style_top_fraction, make_metadata_pool
 from siftbench.benchmark.core.errors import ConfigError, MissingColumnError, PoolError
+from siftbench.benchmark.core.executors import LocalExecutor
 from siftbench.benchmark.core.pool import Pool
 from siftbench.benchmark.core.uids import file_sha256, hex_to_uids, read_subset
-from siftbench.benchmark.executors import LocalExecutor
-from siftbench.benchmark.pipeline import run_filter
+from siftbench.benchmark.perf.bench import datacomp_style_top_fraction, make_metadata_pool
+from siftbench.benchmark.stages.select import run_filter
 
 CAPTIONS = {
     "en": "a photo of a red circle on a striped background",

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from siftbench.benchmark.pipeline import run_filter
-from siftbench.benchmark.plots import write_filter_plots
+from siftbench.benchmark.experiment.plots import write_filter_plots
+from siftbench.benchmark.stages.select import run_filter
 
 
 def test_plots_for_a_clip_then_balance_run(tmp_path):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from siftbench.benchmark.bench import make_metadata_pool
+from siftbench.benchmark.perf.bench import make_metadata_pool
 
 PYPROJECT = """
 [build-system]
@@ -56,7 +56,7 @@ def test_filter_from_an_installed_package(tmp_path):
     pool = make_metadata_pool(tmp_path / "pool", 40, files=2)  # every caption is "a photo of something"
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run(
-        [sys.executable, "-m", "siftbench.benchmark.cli", "filter", str(pool), "--out", str(tmp_path / "o"),
+        [sys.executable, "-m", "siftbench.benchmark.experiment.cli", "filter", str(pool), "--out", str(tmp_path / "o"),
          "filter.name=short_captions_only", "+filter.max_chars=25"],
         env=env, capture_output=True, text=True, check=True,
     )
@@ -64,7 +64,7 @@ def test_filter_from_an_installed_package(tmp_path):
     assert stats["kept"] == 40
     assert stats["steps"][0]["name"] == "short_captions_only"
     strict = subprocess.run(
-        [sys.executable, "-m", "siftbench.benchmark.cli", "filter", str(pool), "--out", str(tmp_path / "o2"),
+        [sys.executable, "-m", "siftbench.benchmark.experiment.cli", "filter", str(pool), "--out", str(tmp_path / "o2"),
          "filter.name=short_captions_only", "+filter.max_chars=5"],
         env=env, capture_output=True, text=True, check=True,
     )

@@ -7,11 +7,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from siftbench.benchmark.bench import make_metadata_pool  # noqa: E402
 from siftbench.benchmark.core.errors import PoolError  # noqa: E402
+from siftbench.benchmark.core.executors import LocalExecutor, RayExecutor, make_executor, map_with_state  # noqa: E402
 from siftbench.benchmark.core.uids import read_subset  # noqa: E402
-from siftbench.benchmark.executors import LocalExecutor, RayExecutor, make_executor, map_with_state  # noqa: E402
-from siftbench.benchmark.pipeline import run_filter  # noqa: E402
+from siftbench.benchmark.perf.bench import make_metadata_pool  # noqa: E402
+from siftbench.benchmark.stages.select import run_filter  # noqa: E402
 
 FILTER = {
     "name": "clip_then_random",
@@ -63,9 +63,9 @@ def test_embed_on_ray_actors_and_reshard_on_ray_tasks_match_local(tmp_path, loca
     from pool_factory import make_tiny_pool
 
     from siftbench.benchmark.core.uids import hex_to_uids, sort_uids
-    from siftbench.benchmark.embed import embed_pool
-    from siftbench.benchmark.models import load_model
-    from siftbench.benchmark.reshard import reshard
+    from siftbench.benchmark.stages.embed import embed_pool
+    from siftbench.benchmark.stages.models import load_model
+    from siftbench.benchmark.stages.reshard import reshard
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "tiny.pt"
@@ -92,7 +92,7 @@ def test_embed_on_ray_actors_and_reshard_on_ray_tasks_match_local(tmp_path, loca
 
 
 def test_make_executor_reads_the_config_group():
-    from siftbench.benchmark.config import compose_config, to_dict
+    from siftbench.benchmark.experiment.config import compose_config, to_dict
 
     executor = make_executor(to_dict(compose_config(["executor=ray", "executor.num_cpus=2"]).executor))
     assert isinstance(executor, RayExecutor) and executor.num_cpus == 2 and executor.address is None

@@ -17,7 +17,7 @@ from siftbench.benchmark import reshard as reshard_mod
 from siftbench.benchmark.core.errors import PoolError, StageError, SubsetError
 from siftbench.benchmark.core.pool import iter_tar_samples, sample_uid
 from siftbench.benchmark.core.uids import hex_to_uids, sort_uids, uids_to_hex
-from siftbench.benchmark.reshard import reshard
+from siftbench.benchmark.stages.reshard import reshard
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from pool_factory import make_tiny_pool
 
-from siftbench.benchmark.cli import main as cli_main
 from siftbench.benchmark.core.errors import ConfigError, StageError
+from siftbench.benchmark.core.scales import load_scale
 from siftbench.benchmark.core.uids import hex_to_uids
-from siftbench.benchmark.reshard import reshard
-from siftbench.benchmark.scales import load_scale
-from siftbench.benchmark.slurm import split_batch, write_slurm_job
+from siftbench.benchmark.experiment.cli import main as cli_main
+from siftbench.benchmark.stages.reshard import reshard
+from siftbench.benchmark.stages.train.slurm import split_batch, write_slurm_job
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_generated_launch_line_trains_on_one_node_with_two_cpu_processes(shards,
 
 
 def test_launch_script_uses_this_python():
-    from siftbench.benchmark.slurm import _launch_script
+    from siftbench.benchmark.stages.train.slurm import _launch_script
 
     text = _launch_script(sys.executable, Path("/x"), 1, 1, 1, False, False, "--a")
     assert f"PYTHON={shlex.quote(sys.executable)}" in text

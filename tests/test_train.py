@@ -14,10 +14,16 @@ from pool_factory import make_tiny_pool
 
 from siftbench.benchmark import train as train_mod
 from siftbench.benchmark.core.errors import ConfigError, StageError
+from siftbench.benchmark.core.scales import (
+    available_scales,
+    check_scale,
+    load_scale,
+    resolved_scale,
+    scale_table,
+)
 from siftbench.benchmark.core.uids import hex_to_uids
-from siftbench.benchmark.reshard import reshard
-from siftbench.benchmark.scales import available_scales, check_scale, load_scale, resolved_scale, scale_table
-from siftbench.benchmark.train import train
+from siftbench.benchmark.stages.reshard import reshard
+from siftbench.benchmark.stages.train import train
 
 # ANCHORS.md's DataComp table, typed out again on purpose: a config that drifts from it fails here.
 # scale: (samples seen = pool size, model, global batch, lr, warmup, beta2)
@@ -89,7 +95,7 @@ def toy_run(shards) -> tuple[Path, Path]:
 
 
 def test_toy_run_trains_exactly_the_budget_and_its_checkpoint_loads(toy_run):
-    from siftbench.benchmark.models import load_model
+    from siftbench.benchmark.stages.models import load_model
 
     out, checkpoint = toy_run
     assert checkpoint == out / "siftbench" / "checkpoints" / "epoch_2.pt"
@@ -155,7 +161,7 @@ def test_launcher_exits_1_when_open_clip_train_refuses_to_start(tmp_path, monkey
     import open_clip_train.data
     import torch
 
-    from siftbench.benchmark.open_clip_launcher import main
+    from siftbench.benchmark.stages.train.launcher import main
 
     # main() patches these process-wide; put them back for the rest of the session.
     monkeypatch.setattr(torch, "save", torch.save)
@@ -170,7 +176,7 @@ def test_loader_workers_share_exactly_the_epochs_batches():
     import torch
     import webdataset as wds
 
-    from siftbench.benchmark.open_clip_launcher import ExactEpochPipeline
+    from siftbench.benchmark.stages.train.launcher import ExactEpochPipeline
 
     # open_clip_train would give each of 3 workers ceil(7 / 3) = 3 batches: 9, not 7.
     dataset = wds.DataPipeline(lambda: iter(range(10_000))).with_epoch(3)
@@ -184,7 +190,7 @@ def test_ddp_patch_accepts_cpu_device_ids(tmp_path, monkeypatch):
     import torch
     import torch.distributed as dist
 
-    from siftbench.benchmark.open_clip_launcher import patch_ddp_on_cpu
+    from siftbench.benchmark.stages.train.launcher import patch_ddp_on_cpu
 
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", torch.nn.parallel.DistributedDataParallel)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
@@ -206,7 +212,7 @@ def test_two_processes_under_torchrun_on_cpu(shards, tmp_path):
 
 
 def test_throughput_benchmark_reports_both_rates(shards, capsys):
-    from siftbench.benchmark.train import benchmark_training_throughput
+    from siftbench.benchmark.stages.train import benchmark_training_throughput
 
     # warm-up 2: the trainer logs every 2 steps, and the clock runs from the first point past step 2.
     result = benchmark_training_throughput(shards, load_scale("toy"), steps=4, warmup_steps=2)
@@ -217,7 +223,7 @@ def test_throughput_benchmark_reports_both_rates(shards, capsys):
 
 
 def test_sigkill_midway_then_resume_trains_what_an_uninterrupted_run_does(toy_run, tmp_path):
-    from siftbench.benchmark.resume_check import kill_and_resume, optimizer_steps
+    from siftbench.benchmark.perf.resume_check import kill_and_resume, optimizer_steps
 
     out, checkpoint = toy_run
     result = kill_and_resume(out.parent / "shards", "toy", tmp_path / "check", reference=out, timeout_s=300)
@@ -236,7 +242,7 @@ def test_uint8_loader_gives_the_model_what_open_clips_train_transform_gives():
     import torch
     from PIL import Image
 
-    from siftbench.benchmark.open_clip_launcher import UInt8Normalize
+    from siftbench.benchmark.stages.train.launcher import UInt8Normalize
 
     rng = np.random.default_rng(0)
     pictures = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 40), (50, 64))]

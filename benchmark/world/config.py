@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from ..core.errors import ConfigError
+from siftbench.benchmark.core.errors import ConfigError
+
 from .render import BACKGROUNDS, SHAPES, VARIANTS
 
 DEFECTS = (

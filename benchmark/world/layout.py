@@ -25,7 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..core.atomic import atomic_path
+from siftbench.benchmark.core.atomic import atomic_path
+
 from .render import apply_variant, encode_png, render, render_real_digit
 from .sampling import Row
 from .suite import EvalSet

@@ -16,8 +16,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..core.errors import SiftbenchError, SubsetError
-from ..core.uids import UID_DTYPE, hex_to_uids, sort_uids
+from siftbench.benchmark.core.errors import SiftbenchError, SubsetError
+from siftbench.benchmark.core.uids import UID_DTYPE, hex_to_uids, sort_uids
+
 from .config import DEFECTS
 
 WORLD_VERSION = "2"  # bump on any change to what the generator writes for a given config

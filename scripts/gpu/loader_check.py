@@ -52,7 +52,7 @@ def main() -> None:
 
     import open_clip
 
-    from siftbench.benchmark.open_clip_launcher import UInt8Normalize
+    from siftbench.benchmark.stages.train.launcher import UInt8Normalize
 
     shards = args.out / "shards224"
     n_shards = max(args.workers, 2)

@@ -24,8 +24,8 @@ def main() -> None:
     import torch
 
     from siftbench.benchmark.core.pool import iter_tar_samples, sample_image
-    from siftbench.benchmark.embed import BatchPreprocess, _decode_rgb
-    from siftbench.benchmark.open_clip_launcher import UInt8Normalize
+    from siftbench.benchmark.stages.embed import BatchPreprocess, _decode_rgb
+    from siftbench.benchmark.stages.train.launcher import UInt8Normalize
     from siftbench.eval_suite.data import decode_image
 
     tar = sorted(args.world_shards.glob("*.tar"))[0]

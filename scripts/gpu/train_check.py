@@ -44,8 +44,8 @@ def main() -> None:
     if args.world_shards is None:
         raise SystemExit("no world found; run `siftbench world` or pass --world-shards")
 
-    from siftbench.benchmark.scales import load_scale
-    from siftbench.benchmark.train import benchmark_training_throughput
+    from siftbench.benchmark.core.scales import load_scale
+    from siftbench.benchmark.stages.train import benchmark_training_throughput
 
     clock = time.perf_counter()
     shards = args.out / "shards224"

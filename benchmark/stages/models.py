@@ -10,7 +10,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from .core.errors import ConfigError, StageError
+from siftbench.benchmark.core.errors import ConfigError, StageError
 
 MODEL_CONFIG_DIR = Path(str(files("siftbench.configs") / "model"))
 

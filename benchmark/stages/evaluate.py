@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .core.errors import ConfigError, StageError
+from siftbench.benchmark.core.errors import ConfigError, StageError
 
 
 def evaluate_checkpoint(
@@ -25,9 +25,8 @@ def evaluate_checkpoint(
     num_workers: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Per-task results (see ``eval_suite.evaluate_model``) of ``arch`` with these weights on ``suite``."""
+    from siftbench.benchmark.stages.models import load_model
     from siftbench.eval_suite import evaluate_model
-
-    from .models import load_model
 
     if checkpoint is None and pretrained is None:
         raise ConfigError(f"evaluate {arch}: give a checkpoint or a pretrained tag (random weights say nothing)")
@@ -59,9 +58,8 @@ def evaluate_main(args: argparse.Namespace) -> dict[str, Any]:
         **summarize(tasks, suite),
     }
     if getattr(args, "out", None) is not None:
+        from siftbench.benchmark.core.atomic import write_json
         from siftbench.eval_suite import write_eval_results_jsonl
-
-        from .core.atomic import write_json
 
         write_json(Path(args.out) / "evaluation.json", out)
         write_eval_results_jsonl(Path(args.out) / "eval_results.jsonl", tasks, suite)
@@ -95,7 +93,7 @@ def _eval_root(cfg: Any) -> Path | None:
         return Path(cfg.eval_root)
     if cfg.get("pool"):
         return None  # a real pool has no built-in eval sets
-    from .config import to_dict
-    from .world import ensure_world
+    from siftbench.benchmark.experiment.config import to_dict
+    from siftbench.benchmark.world import ensure_world
 
     return Path(ensure_world(to_dict(cfg.world)).eval_dir)

@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from .config import import_plugins, to_dict
-from .core.atomic import write_json, write_text
-from .core.errors import ConfigError
-from .core.pool import Pool
-from .core.results import SCHEMA_VERSION, validate_results
-from .core.uids import file_sha256, read_subset, write_subset
-from .executors import make_executor
-from .pipeline import plan_from_config, run_filter
+from siftbench.benchmark.core.atomic import write_json, write_text
+from siftbench.benchmark.core.errors import ConfigError
+from siftbench.benchmark.core.executors import make_executor
+from siftbench.benchmark.core.pool import Pool
+from siftbench.benchmark.core.results import SCHEMA_VERSION, validate_results
+from siftbench.benchmark.core.uids import file_sha256, read_subset, write_subset
+from siftbench.benchmark.experiment.config import import_plugins, to_dict
+from siftbench.benchmark.stages.select import plan_from_config, run_filter
 
 
 def run_name(cfg: Any) -> str:
@@ -35,7 +35,7 @@ def resolve_pool(cfg: Any) -> tuple[Path, Any | None]:
     """The pool to filter: a user's DataComp pool, or the embedded world (generated once, cached)."""
     if cfg.pool:
         return Path(cfg.pool), None
-    from .world import ensure_world
+    from siftbench.benchmark.world import ensure_world
 
     world = ensure_world(to_dict(cfg.world))
     return Path(world.pool_dir), world
@@ -53,12 +53,11 @@ def run_experiment(cfg: Any, progress: bool = True) -> Path:
     write_text(run_dir / "config.yaml", config_yaml)
     say = print if progress else (lambda *a, **k: None)
 
+    from siftbench.benchmark.core.scales import check_scale, resolved_scale
+    from siftbench.benchmark.stages.evaluate import evaluate_checkpoint
+    from siftbench.benchmark.stages.reshard import reshard
+    from siftbench.benchmark.stages.train import train
     from siftbench.eval_suite import load_suite, summarize, write_eval_results_jsonl
-
-    from .evaluate import evaluate_checkpoint
-    from .reshard import reshard
-    from .scales import check_scale, resolved_scale
-    from .train import train
 
     clock = time.perf_counter()
     pool_root, world = resolve_pool(cfg)
@@ -196,14 +195,14 @@ def select_stage(cfg: Any, pool_root: Path, world: Any | None, run_dir: Path) ->
         if world is not None:
             ensure_world_scores(cfg, world, plan)
         if any(e.startswith("imagehash_") for s in plan.steps for e in s.filter.embeddings()):
-            from .image_features import compute_image_features
+            from siftbench.benchmark.stages.image_features import compute_image_features
 
             compute_image_features(pool_root, executor=executor)  # resumable: a no-op once done
         stats = run_filter(pool_root, filter_cfg, run_dir, seed=int(cfg.seed), executor=executor)
         stats["filters"] = plan.describe()
     if world is not None:
         stats["diagnostics"] = world.diagnostics(read_subset(run_dir / "subset.npy"))
-    from .plots import write_filter_plots
+    from siftbench.benchmark.experiment.plots import write_filter_plots
 
     stats["plots"] = [str(p.relative_to(run_dir)) for p in write_filter_plots(run_dir, run_dir / "scores", stats)]
     write_json(stats_path, stats)
@@ -225,7 +224,7 @@ def fill_image_based_targets(filter_cfg: dict[str, Any], cfg: Any, world: Any) -
             if step.get("embedding") != f"{cfg.scorer.name}_img":
                 raise ConfigError(f"image_based: targets is empty and embedding {step.get('embedding')!r} is not the "
                                   f"world scorer's ({cfg.scorer.name}_img); give targets=<.npy of target embeddings>")
-            from .scorer import reference_image_targets
+            from siftbench.benchmark.world.scorer import reference_image_targets
 
             step["targets"] = str(reference_image_targets(world, to_dict(cfg.scorer), device=cfg.device))
 
@@ -235,7 +234,7 @@ def ensure_world_scores(cfg: Any, world: Any, plan: Any) -> None:
     key = cfg.scorer.name
     wanted = [c for s in plan.steps for c in (*s.filter.columns(), *s.filter.embeddings())]
     if any(w in (f"clip_{key}_similarity_score", f"{key}_img", f"{key}_txt") for w in wanted):
-        from .scorer import ensure_scorer
+        from siftbench.benchmark.world.scorer import ensure_scorer
 
         ensure_scorer(world, to_dict(cfg.scorer), device=cfg.device)
 

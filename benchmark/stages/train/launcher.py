@@ -1,4 +1,4 @@
-"""The training subprocess: ``python -m siftbench.benchmark.open_clip_launcher <open_clip_train args>``.
+"""The training subprocess: ``python -m siftbench.benchmark.stages.train.launcher <open_clip_train args>``.
 
 Runs ``open_clip_train.main`` (open_clip_torch 3.3.0, pinned) with what siftbench needs from a trainer:
 
@@ -155,7 +155,7 @@ class UInt8Normalize:
     def __call__(self, module, args):
         import torch
 
-        from .pixels import normalize_table, normalize_uint8
+        from siftbench.benchmark.stages.pixels import normalize_table, normalize_uint8
 
         images = args[0]
         if images.dtype != torch.uint8:
@@ -192,7 +192,7 @@ def patch_uint8_images() -> None:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from .models import register_model_configs
+    from siftbench.benchmark.stages.models import register_model_configs
 
     threads = os.environ.get("SIFTBENCH_NUM_THREADS")
     if threads:

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from .core.atomic import atomic_path, write_json
-from .core.errors import PoolError, StageError
-from .core.pool import iter_tar_samples, sample_image, sample_uid
-from .core.uids import file_sha256, hex_to_uids, isin_uids
+from siftbench.benchmark.core.atomic import atomic_path, write_json
+from siftbench.benchmark.core.errors import PoolError, StageError
+from siftbench.benchmark.core.pool import iter_tar_samples, sample_image, sample_uid
+from siftbench.benchmark.core.uids import file_sha256, hex_to_uids, isin_uids
 
 _HEX = frozenset(hexdigits)
 
@@ -60,7 +60,7 @@ class EmbedModel:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def load(self) -> tuple[Any, Callable, Callable]:
-        from .models import load_model
+        from siftbench.benchmark.stages.models import load_model
 
         return load_model(self.arch, checkpoint=self.checkpoint, pretrained=self.pretrained,
                           device=self.resolved_device())
@@ -101,7 +101,7 @@ def embed_pool(
         embed_tars(spec.load(), todo, out, pool_root, batch_size=batch_size, device=spec.resolved_device(),
                    num_workers=num_workers, progress=progress, done_before=len(tars) - len(todo))
     elif todo:
-        from .executors import map_with_state
+        from siftbench.benchmark.core.executors import map_with_state
 
         job = partial(_embed_tar_job, spec, out, pool_root, batch_size)
         map_with_state(executor, spec.load, job, todo, desc=f"embed {model_key}")
@@ -130,7 +130,7 @@ def embed_tars(
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from .train import torch_threads
+    from siftbench.benchmark.stages.train import torch_threads
 
     model, preprocess, tokenizer = bundle
     tokenizer = AsciiFastTokenizer.wrap(tokenizer)
@@ -410,7 +410,7 @@ class BatchPreprocess:
         there in the CPU-made table (arithmetic on a GPU would round differently)."""
         import torch
 
-        from .pixels import normalize_uint8
+        from siftbench.benchmark.stages.pixels import normalize_uint8
 
         batch = batch.to(device, non_blocking=True)
         if batch.dtype != torch.uint8:
@@ -422,7 +422,7 @@ class BatchPreprocess:
     def _table(self) -> np.ndarray:
         import torch
 
-        from .pixels import normalize_table
+        from siftbench.benchmark.stages.pixels import normalize_table
 
         dtype = torch.get_default_dtype()
         if self._table_cache is None or self._table_cache.dtype != dtype:
@@ -681,7 +681,7 @@ def default_decode_workers(device: str) -> int:
     resolved = EmbedModel("", None, None, device).resolved_device()
     if resolved == "cpu":
         return 0
-    from .train import usable_cores
+    from siftbench.benchmark.stages.train import usable_cores
 
     return max(1, min(16, usable_cores() - 1))
 
@@ -844,9 +844,9 @@ def _collect_stats(out: Path, tars: Sequence[Path]) -> dict[str, Any]:
 def world_scorer_checkpoint(cfg: Any, arch: str) -> Path:
     """The embedded world's scoring model (``--pretrained world``): trained on the clean reference set
     once and cached in the world folder, as ``siftbench run`` does before clip_score."""
-    from .config import to_dict
-    from .scorer import train_scorer
-    from .world import ensure_world
+    from siftbench.benchmark.experiment.config import to_dict
+    from siftbench.benchmark.world import ensure_world
+    from siftbench.benchmark.world.scorer import train_scorer
 
     scorer = to_dict(cfg.scorer)
     if scorer["arch"] != arch:

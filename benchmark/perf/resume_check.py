@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .core.errors import StageError
-from .scales import load_scale
-from .train import RUN_NAME, train
+from siftbench.benchmark.core.errors import StageError
+from siftbench.benchmark.core.scales import load_scale
+from siftbench.benchmark.stages.train import RUN_NAME, train
 
 
 def optimizer_steps(checkpoint: Path) -> int:
@@ -47,7 +47,7 @@ def kill_and_resume(shards: Path, scale_name: str, out: Path, seed: int = 0, ref
     ref_checkpoint = train(shards, scale, reference, seed=seed, progress=False)  # returns at once if finished
 
     killed_dir = out / "killed"
-    command = [sys.executable, "-m", "siftbench.benchmark.cli", "train", str(shards), "--scale", scale_name,
+    command = [sys.executable, "-m", "siftbench.benchmark.experiment.cli", "train", str(shards), "--scale", scale_name,
                "--out", str(killed_dir), "--seed", str(seed)]
     started = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -70,9 +70,8 @@ def kill_and_resume(shards: Path, scale_name: str, out: Path, seed: int = 0, ref
                     and result["optimizer_steps"]["resumed"] == result["optimizer_steps"]["uninterrupted"]
                     == result["expected_steps"])
     if suite is not None:
+        from siftbench.benchmark.stages.evaluate import evaluate_checkpoint
         from siftbench.eval_suite import load_suite, summarize
-
-        from .evaluate import evaluate_checkpoint
 
         loaded = load_suite(suite, root=eval_root) if eval_root is not None else None
         if loaded is None:

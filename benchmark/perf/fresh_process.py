@@ -15,7 +15,7 @@ from typing import Any
 
 
 def run_in_fresh_process(module: str, name: str, **kwargs: Any) -> dict[str, Any]:
-    """Run measurement ``name`` of ``module`` (e.g. ``siftbench.benchmark.bench_pool``); return its result."""
+    """Run measurement ``name`` of ``module`` (e.g. ``siftbench.benchmark.perf.bench_pool``); return its result."""
     cmd = [sys.executable, "-m", module, name, json.dumps(kwargs)]
     # Passive OpenMP waits: on a shared machine spinning faiss/torch threads slow everyone down, us included.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}

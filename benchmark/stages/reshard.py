@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .core.atomic import atomic_path, write_json
-from .core.errors import PoolError, StageError, SubsetError
-from .core.pool import IMAGE_EXTENSIONS
-from .core.uids import UID_DTYPE, sort_uids, uid_to_words, validate_subset
+from siftbench.benchmark.core.atomic import atomic_path, write_json
+from siftbench.benchmark.core.errors import PoolError, StageError, SubsetError
+from siftbench.benchmark.core.pool import IMAGE_EXTENSIONS
+from siftbench.benchmark.core.uids import UID_DTYPE, sort_uids, uid_to_words, validate_subset
 
 if TYPE_CHECKING:
-    from .executors import Executor
+    from siftbench.benchmark.core.executors import Executor
 
 FORMAT_VERSION = 1
 WORK_DIR = ".reshard"
@@ -74,7 +74,7 @@ def reshard(
     ``executor`` (default: local processes, ``workers`` of them) runs the index and write tasks.
     Returns the stats, also written to ``out_dir/stats.json``; ``out_dir/manifest.json`` lists the shards.
     """
-    from .executors import LocalExecutor
+    from siftbench.benchmark.core.executors import LocalExecutor
 
     executor = executor or LocalExecutor(workers=workers, progress=progress)
     started = time.perf_counter()
@@ -252,7 +252,7 @@ def _wanted_sorted(path: str) -> np.ndarray:
 
 def _index_tar(task: tuple[str, int, str, str]) -> None:
     """Scan one pool tar; save the subset's samples (uid, byte ranges) and what was damaged or incomplete."""
-    from .core.pool import data_after_end
+    from siftbench.benchmark.core.pool import data_after_end
 
     tar_path, src, wanted_path, out_path = task
     path = Path(tar_path)

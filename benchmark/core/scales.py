@@ -13,7 +13,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from .core.errors import ConfigError
+from siftbench.benchmark.core.errors import ConfigError
 
 SCALE_DIR = Path(str(files("siftbench.configs") / "scale"))
 

@@ -26,10 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .core.atomic import write_json, write_text
-from .core.errors import ConfigError
-from .scales import typed_scale
-from .train import LAUNCHER, RUN_NAME, check_resumable, open_clip_args, plan_run, run_config
+from siftbench.benchmark.core.atomic import write_json, write_text
+from siftbench.benchmark.core.errors import ConfigError
+from siftbench.benchmark.core.scales import typed_scale
+from siftbench.benchmark.stages.train import (
+    LAUNCHER,
+    RUN_NAME,
+    check_resumable,
+    open_clip_args,
+    plan_run,
+    run_config,
+)
 
 
 @dataclass(frozen=True)

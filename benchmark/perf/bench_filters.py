@@ -12,7 +12,7 @@ one, a reference measured in the same run on the same machine:
 - a global top-30% CLIP-score threshold over a 12.8M-row pool in 16 parquet files: same uid set as
   DataComp's rule, rows/s against DataComp's way of doing it, peak RSS.
 
-``python -m siftbench.benchmark.bench_filters dedup-recall [world]`` measures the dedup pipeline
+``python -m siftbench.benchmark.perf.bench_filters dedup-recall [world]`` measures the dedup pipeline
 (configs/filter/dedup.yaml) on an embedded world against its ground truth: recall per planted
 near-duplicate variant and false removals of clean samples (see ``duplicate_recall``).
 """
@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .fresh_process import peak_rss_gb, run_in_fresh_process
+from siftbench.benchmark.perf.fresh_process import peak_rss_gb, run_in_fresh_process
 
 EPS = 0.05
 
@@ -104,7 +105,7 @@ def _pairs_within_blocks(rng: np.random.Generator, n: int, count: int, block: in
     return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
 
 
-# -- measurements (each runs in a subprocess: `python -m siftbench.benchmark.bench_filters NAME JSON`) ----
+# -- measurements (each runs in a subprocess: `python -m siftbench.benchmark.perf.bench_filters NAME JSON`) ----
 
 
 def measure_semdedup(path: str, truth: str, eps: float = EPS, n_clusters: int | None = None,
@@ -220,14 +221,14 @@ def measure_concept_matching(entries: int = 10_000, captions: int = 200_000) -> 
 
 
 def make_scan_pool(root: str, rows: int, files: int = 16) -> dict[str, Any]:
-    from .bench import make_metadata_pool
+    from siftbench.benchmark.perf.bench import make_metadata_pool
 
     make_metadata_pool(Path(root), rows, files=files)
     return {"rows": rows}
 
 
 def measure_scan_reference(root: str, out: str, fraction: float = 0.3) -> dict[str, Any]:
-    from .bench import datacomp_style_top_fraction
+    from siftbench.benchmark.perf.bench import datacomp_style_top_fraction
 
     clock = time.perf_counter()
     datacomp_style_top_fraction(Path(root), "clip_b32_similarity_score", fraction, Path(out))
@@ -235,8 +236,8 @@ def measure_scan_reference(root: str, out: str, fraction: float = 0.3) -> dict[s
 
 
 def measure_scan_ours(root: str, out: str, fraction: float = 0.3, workers: int = 2) -> dict[str, Any]:
-    from .executors import LocalExecutor
-    from .pipeline import run_filter
+    from siftbench.benchmark.core.executors import LocalExecutor
+    from siftbench.benchmark.stages.select import run_filter
 
     cfg = {"name": "clip_score", "column": "clip_b32_similarity_score", "fraction": fraction}
     clock = time.perf_counter()
@@ -284,15 +285,14 @@ def measure_world_dedup(world: str = "default", out: str | None = None, filter_n
 
     from omegaconf import OmegaConf
 
-    from .core.uids import read_subset, uids_to_hex
-    from .image_features import compute_image_features
-    from .pipeline import run_filter
-    from .world import ensure_world
+    from siftbench.benchmark.core.uids import read_subset, uids_to_hex
+    from siftbench.benchmark.stages.image_features import compute_image_features
+    from siftbench.benchmark.stages.select import run_filter
+    from siftbench.benchmark.world import ensure_world
 
     w = ensure_world(world, progress=False)
     compute_image_features(w.pool_dir)
-    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "filter" /
-                                                f"{filter_name}.yaml"))  # fmt: skip
+    cfg = OmegaConf.to_container(OmegaConf.load(files("siftbench.configs") / "filter" / f"{filter_name}.yaml"))
     work = Path(out or tempfile.mkdtemp(prefix="siftbench-dedup-"))
     try:
         clock = time.perf_counter()
@@ -330,7 +330,7 @@ MEASUREMENTS = {
 
 def run_measurement(name: str, **kwargs: Any) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; add its peak RSS (its own and its worker processes')."""
-    return run_in_fresh_process("siftbench.benchmark.bench_filters", name, **kwargs)
+    return run_in_fresh_process("siftbench.benchmark.perf.bench_filters", name, **kwargs)
 
 
 def _child_main(name: str, raw: str) -> None:
@@ -394,7 +394,7 @@ def run_filter_benchmarks(
         run_measurement("make_scan_pool", root=str(pool), rows=scan_rows)
         ref = run_measurement("scan_reference", root=str(pool), out=str(ref_out))
         ours = run_measurement("scan_ours", root=str(pool), out=str(ours_out))
-        from .core.uids import read_subset
+        from siftbench.benchmark.core.uids import read_subset
 
         same = bool(np.array_equal(np.load(ref_out, allow_pickle=False), read_subset(ours_out / "subset.npy")))
         report["scan"] = {"reference": ref, "ours": ours, "same_uids": same}

@@ -42,9 +42,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .core.atomic import atomic_path, write_json
-from .core.errors import PoolError, StageError
-from .core.uids import hex_to_uids
+from siftbench.benchmark.core.atomic import atomic_path, write_json
+from siftbench.benchmark.core.errors import PoolError, StageError
+from siftbench.benchmark.core.uids import hex_to_uids
 
 FORMAT_VERSION = 1
 DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")

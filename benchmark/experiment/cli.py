@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .core.errors import SiftbenchError
+from siftbench.benchmark.core.errors import SiftbenchError
 
 EXAMPLES = """examples:
   siftbench run                                         # no_filter on the embedded world, scale tiny
@@ -184,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import compose_config
-    from .runner import run_experiment
+    from siftbench.benchmark.experiment.config import compose_config
+    from siftbench.benchmark.experiment.runner import run_experiment
 
     cfg = compose_config(args.overrides)
     if args.show_config:
@@ -199,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_baselines(args: argparse.Namespace) -> int:
-    from .baselines import baselines_main
+    from siftbench.benchmark.experiment.baselines import baselines_main
 
     # `--strategies a b scale=demo`: argparse hands the override to --strategies; give it back.
     if args.strategies:
@@ -211,8 +211,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
 
 def cmd_world(args: argparse.Namespace) -> int:
-    from .config import compose_config, to_dict
-    from .world import ensure_world
+    from siftbench.benchmark.experiment.config import compose_config, to_dict
+    from siftbench.benchmark.world import ensure_world
 
     world = ensure_world(to_dict(compose_config(args.overrides).world))
     print(json.dumps({"root": str(world.root), "pool": str(world.pool_dir), "reference": str(world.reference_dir),
@@ -221,7 +221,7 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .download import download_pool
+    from siftbench.benchmark.stages.download import download_pool
 
     stats = download_pool(
         args.metadata, args.out, distributor=args.distributor, processes=args.processes, threads=args.threads,
@@ -234,9 +234,9 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
-    from .config import compose_config, import_plugins, to_dict
-    from .executors import make_executor
-    from .pipeline import run_filter
+    from siftbench.benchmark.core.executors import make_executor
+    from siftbench.benchmark.experiment.config import compose_config, import_plugins, to_dict
+    from siftbench.benchmark.stages.select import run_filter
 
     cfg = compose_config(args.overrides)
     import_plugins(cfg.plugins)
@@ -247,9 +247,9 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from .config import compose_config, to_dict
-    from .embed import embed_pool, world_scorer_checkpoint
-    from .executors import make_executor
+    from siftbench.benchmark.core.executors import make_executor
+    from siftbench.benchmark.experiment.config import compose_config, to_dict
+    from siftbench.benchmark.stages.embed import embed_pool, world_scorer_checkpoint
 
     cfg = compose_config(args.overrides)
     checkpoint, pretrained, key = args.checkpoint, args.pretrained, args.key
@@ -258,7 +258,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         key = key or to_dict(cfg.scorer)["name"]
     elif pretrained is not None and Path(pretrained).is_file():
         checkpoint, pretrained = Path(pretrained), None
-    from .embed import default_decode_workers
+    from siftbench.benchmark.stages.embed import default_decode_workers
 
     # Locally one process embeds (it uses every core) with decode workers beside it; Ray spreads actors.
     executor = make_executor(to_dict(cfg.executor)) if cfg.executor.name != "local" else None
@@ -270,19 +270,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_reshard(args: argparse.Namespace) -> int:
-    from .core.uids import read_subset
-    from .reshard import reshard
+    from siftbench.benchmark.core.uids import read_subset
+    from siftbench.benchmark.stages.reshard import reshard
 
     print(json.dumps(reshard(args.pool, read_subset(args.subset), args.out, seed=args.seed, workers=args.workers), indent=2))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .scales import load_scale
-    from .train import train
+    from siftbench.benchmark.core.scales import load_scale
+    from siftbench.benchmark.stages.train import train
 
     if args.slurm:
-        from .slurm import write_slurm_job
+        from siftbench.benchmark.stages.train.slurm import write_slurm_job
 
         job = write_slurm_job(args.shards, load_scale(args.scale), args.out, seed=args.seed, nodes=args.nodes,
                               gpus_per_node=args.gpus_per_node, partition=args.partition, time_limit=args.time,
@@ -297,31 +297,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_main
+    from siftbench.benchmark.stages.evaluate import evaluate_main
 
     print(json.dumps(evaluate_main(args), indent=2))
     return 0
 
 
 def cmd_scales(args: argparse.Namespace) -> int:
-    from .scales import scale_table
+    from siftbench.benchmark.core.scales import scale_table
 
     print(scale_table().to_string(index=False))
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_benchmarks
+    from siftbench.benchmark.perf.bench import run_benchmarks
 
     if args.only:
-        from .bench_pool import run_sections
+        from siftbench.benchmark.perf.bench_pool import run_sections
 
         run_sections([s.strip() for s in args.only.split(",") if s.strip()], rows=args.rows)
         return 0
 
     run_benchmarks(rows=args.rows, training=not args.skip_training)
     if args.filters:
-        from .bench_filters import run_filter_benchmarks
+        from siftbench.benchmark.perf.bench_filters import run_filter_benchmarks
 
         run_filter_benchmarks()
     return 0

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import compose_config, to_dict
-from .core.atomic import write_json, write_text
-from .core.errors import ConfigError
-from .core.results import load_results
+from siftbench.benchmark.core.atomic import write_json, write_text
+from siftbench.benchmark.core.errors import ConfigError
+from siftbench.benchmark.core.results import load_results
+from siftbench.benchmark.experiment.config import compose_config, to_dict
 
 SATURATED = 0.95
 
@@ -28,7 +28,7 @@ def run_baselines(
     strategies: dict[str, list[str]], seeds: Sequence[int], overrides: Sequence[str] = (), progress: bool = True
 ) -> dict[str, list[Path]]:
     """Run every strategy x seed (finished runs are reused); return run directories per strategy."""
-    from .runner import run_experiment
+    from siftbench.benchmark.experiment.runner import run_experiment
 
     runs: dict[str, list[Path]] = {}
     for label, strategy_overrides in strategies.items():

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from .core.atomic import atomic_path, write_json
-from .core.filtering import uid_random
-from .core.pool import Pool
-from .core.uids import sort_uids
+from siftbench.benchmark.core.atomic import atomic_path, write_json
+from siftbench.benchmark.core.filtering import uid_random
+from siftbench.benchmark.core.pool import Pool
+from siftbench.benchmark.core.uids import sort_uids
 
 
 def scorer_fingerprint(scorer_cfg: dict[str, Any]) -> str:
@@ -27,7 +27,7 @@ def scorer_fingerprint(scorer_cfg: dict[str, Any]) -> str:
 
 def ensure_scorer(world: Any, scorer_cfg: dict[str, Any], device: str = "cpu", workers: int = 1) -> str:
     """Train (once) and apply (once) the scorer; return its model key, e.g. ``scorer``."""
-    from .embed import embed_pool
+    from siftbench.benchmark.stages.embed import embed_pool
 
     name = scorer_cfg["name"]
     fingerprint = scorer_fingerprint(scorer_cfg)
@@ -46,9 +46,9 @@ def scorer_folder(world: Any, scorer_cfg: dict[str, Any]) -> Path:
 
 
 def train_scorer(world: Any, scorer_cfg: dict[str, Any], device: str = "cpu") -> Path:
-    from .reshard import reshard
-    from .scales import load_scale
-    from .train import train
+    from siftbench.benchmark.core.scales import load_scale
+    from siftbench.benchmark.stages.reshard import reshard
+    from siftbench.benchmark.stages.train import train
 
     folder = scorer_folder(world, scorer_cfg)
     reference = Pool.open(world.reference_dir)
@@ -77,7 +77,7 @@ def reference_image_targets(world: Any, scorer_cfg: dict[str, Any], device: str 
     of what the evaluation asks about; the reference set plays that part here. (Text embeddings of concept
     prompts were tried first: the gap between the text and image sides of a CLIP space sent all 106
     prompts to a few clusters, 16% of the pool.)"""
-    from .embed import embed_pool
+    from siftbench.benchmark.stages.embed import embed_pool
 
     folder = scorer_folder(world, scorer_cfg)
     path = folder / "reference_image_targets.npy"

@@ -28,12 +28,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.feather as feather
 
-from .core.atomic import atomic_path, write_json
-from .core.errors import ConfigError, PoolError
-from .core.filtering import Decision, Filter, SelectContext, build_filter
-from .core.pool import Pool
-from .core.uids import UID_DTYPE, write_subset
-from .executors import Executor, LocalExecutor
+from siftbench.benchmark.core.atomic import atomic_path, write_json
+from siftbench.benchmark.core.errors import ConfigError, PoolError
+from siftbench.benchmark.core.executors import Executor, LocalExecutor
+from siftbench.benchmark.core.filtering import Decision, Filter, SelectContext, build_filter
+from siftbench.benchmark.core.pool import Pool
+from siftbench.benchmark.core.uids import UID_DTYPE, write_subset
 
 COMBINE_MODES = ("sequence", "intersection", "union")
 

@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from .core.atomic import atomic_path, write_json
-from .core.errors import PoolError
-from .core.image_hashing import FEATURE_ARRAYS, hash_image_bytes
-from .core.uids import UID_DTYPE, hex_to_uids
+from siftbench.benchmark.core.atomic import atomic_path, write_json
+from siftbench.benchmark.core.errors import PoolError
+from siftbench.benchmark.core.image_hashing import FEATURE_ARRAYS, hash_image_bytes
+from siftbench.benchmark.core.uids import UID_DTYPE, hex_to_uids
 
 FEATURE_KEY = "imagehash"
 COUNTS = ("samples", "no_uid", "no_image", "undecodable", "missing", "not_in_metadata", "damaged_tars",
@@ -49,7 +49,7 @@ def compute_image_features(pool_root: str | Path, executor: Any | None = None, p
     Resumable per tar. A damaged tar or undecodable image is counted (``damaged_tars``,
     ``undecodable``), never fatal; rows the metadata lists but the tar lacks are ``missing``.
     """
-    from .executors import LocalExecutor
+    from siftbench.benchmark.core.executors import LocalExecutor
 
     root = Path(pool_root)
     tars = sorted((root / "shards").glob("*.tar"))
@@ -71,7 +71,7 @@ def compute_image_features(pool_root: str | Path, executor: Any | None = None, p
 def _hash_tar(root: Path, out_dir: Path, tar: Path) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    from .core.pool import iter_tar_samples, sample_image, sample_uid
+    from siftbench.benchmark.core.pool import iter_tar_samples, sample_image, sample_uid
 
     target = out_dir / f"{tar.stem}.npz"
     if target.exists() and _complete(target):

@@ -10,8 +10,8 @@ from typing import Any, Protocol, TypeVar
 
 from tqdm import tqdm
 
-from .core.errors import ConfigError
-from .core.registry import Registry
+from siftbench.benchmark.core.errors import ConfigError
+from siftbench.benchmark.core.registry import Registry
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -25,12 +25,12 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from .core.atomic import write_json
-from .core.errors import ConfigError, StageError
-from .scales import typed_scale
+from siftbench.benchmark.core.atomic import write_json
+from siftbench.benchmark.core.errors import ConfigError, StageError
+from siftbench.benchmark.core.scales import typed_scale
 
 RUN_NAME = "siftbench"
-LAUNCHER = "siftbench.benchmark.open_clip_launcher"
+LAUNCHER = "siftbench.benchmark.stages.train.launcher"
 
 _PROGRESS = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) \(\s*\d+%\)\]")
 _LOSS = re.compile(r"\bLoss: ([0-9.eE+-]+)")
@@ -257,7 +257,7 @@ def _check_model_known(model: str) -> None:
     """Fail before launching for an unknown architecture, without importing open_clip (seconds) here."""
     from importlib.util import find_spec
 
-    from .models import MODEL_CONFIG_DIR
+    from siftbench.benchmark.stages.models import MODEL_CONFIG_DIR
 
     spec = find_spec("open_clip")
     folders = [MODEL_CONFIG_DIR] + [Path(p) / "model_configs" for p in (spec.submodule_search_locations or [])]
@@ -416,7 +416,7 @@ def benchmark_training_throughput(
     """
     import tempfile
 
-    from .scales import load_scale
+    from siftbench.benchmark.core.scales import load_scale
 
     scale = scale if scale is not None else load_scale("tiny")
     if shards_dir is None:
@@ -500,7 +500,7 @@ def _compute_only_rate(scale: dict[str, Any], device: str, threads: int, steps: 
                        seed: int) -> float:
     import torch
 
-    from .models import register_model_configs
+    from siftbench.benchmark.stages.models import register_model_configs
 
     register_model_configs()
     previous = torch.get_num_threads()
@@ -557,14 +557,14 @@ def _timed_steps(scale: dict[str, Any], device: str, steps: int, warmup_steps: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m siftbench.benchmark.train [SHARDS_DIR] [--scale tiny] [--steps 20]``: the throughput check."""
+    """``python -m siftbench.benchmark.stages.train [SHARDS_DIR] [--scale tiny] [--steps 20]``: the throughput check."""
     import argparse
 
     # Before torch loads (the compute-only half runs in this process): the trainer's own setting.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from .scales import load_scale
+    from siftbench.benchmark.core.scales import load_scale
 
-    parser = argparse.ArgumentParser(prog="python -m siftbench.benchmark.train", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m siftbench.benchmark.stages.train", description=main.__doc__)
     parser.add_argument("shards_dir", type=Path, nargs="?", help="training shards (default: synthetic ones)")
     parser.add_argument("--scale", default="tiny")
     parser.add_argument("--device", default="cpu")

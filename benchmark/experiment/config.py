@@ -8,7 +8,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from .core.errors import ConfigError
+from siftbench.benchmark.core.errors import ConfigError
 
 CONFIG_DIR = Path(str(files("siftbench.configs")))
 
