@@ -19,7 +19,8 @@ from siftbench.benchmark.core.errors import PoolError, StageError  # noqa: E402
 from siftbench.benchmark.core.executors import LocalExecutor  # noqa: E402
 from siftbench.benchmark.core.pool import Pool, iter_tar_samples  # noqa: E402
 from siftbench.benchmark.core.uids import UID_DTYPE, hex_to_uids  # noqa: E402
-from siftbench.benchmark.stages.embed import benchmark_embed_throughput, embed_pool  # noqa: E402
+from siftbench.benchmark.perf.embed_throughput import benchmark_embed_throughput  # noqa: E402
+from siftbench.benchmark.stages.embed import embed_pool  # noqa: E402
 
 COLOURS = [(230, 20, 20), (20, 200, 20), (20, 20, 230), (230, 230, 20), (20, 230, 230)]
 NAMES = ["red", "green", "blue", "yellow", "cyan"]
@@ -205,7 +206,7 @@ def test_throughput_benchmark(tmp_path: Path, checkpoint: Path):
 def test_batch_preprocess_is_bit_identical_to_open_clips_preprocess():
     import open_clip
 
-    from siftbench.benchmark.stages.embed import BatchPreprocess, _decode_rgb
+    from siftbench.benchmark.stages.embed.preprocess import BatchPreprocess, _decode_rgb
     from siftbench.eval_suite.data import decode_image
 
     rng = np.random.default_rng(0)
@@ -230,7 +231,7 @@ def test_batch_preprocess_is_bit_identical_to_open_clips_preprocess():
 
 
 def test_png_fast_decode_gives_pils_pixels_and_leaves_the_rest_to_pil():
-    from siftbench.benchmark.stages.embed import _decode_plain_png, _decode_rgb
+    from siftbench.benchmark.stages.embed.preprocess import _decode_plain_png, _decode_rgb
     from siftbench.eval_suite.data import decode_image
 
     rng = np.random.default_rng(1)
@@ -263,7 +264,7 @@ def test_png_fast_decode_gives_pils_pixels_and_leaves_the_rest_to_pil():
 def test_fast_tokenizer_gives_open_clips_tokens():
     import open_clip
 
-    from siftbench.benchmark.stages.embed import AsciiFastTokenizer
+    from siftbench.benchmark.stages.embed.preprocess import AsciiFastTokenizer
 
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     fast = AsciiFastTokenizer.wrap(tokenizer)
@@ -284,7 +285,7 @@ def test_fast_tokenizer_gives_open_clips_tokens():
 
 
 def test_fast_tar_reader_matches_tarfile_and_falls_back_on_anything_else(tmp_path: Path):
-    from siftbench.benchmark.stages.embed import read_tar_samples
+    from siftbench.benchmark.core.tars import read_tar_samples
 
     pool = build_pool(tmp_path / "pool", shards=1, corrupt=None)
     tar = pool / "shards" / "00000000.tar"
@@ -315,7 +316,7 @@ def test_fast_tar_reader_matches_tarfile_and_falls_back_on_anything_else(tmp_pat
 def test_tar_reader_formats_gnu_ustar_prefix_and_space_padded_numbers(tmp_path: Path):
     import mmap
 
-    from siftbench.benchmark.stages.embed import _NOT_STANDARD, _standard_tar_members, read_tar_samples
+    from siftbench.benchmark.core.tars import _NOT_STANDARD, _standard_tar_members, read_tar_samples
 
     def write(path: Path, fmt: int, names: list[str]) -> Path:
         with tarfile.open(path, "w", format=fmt) as out:
@@ -386,7 +387,7 @@ def test_killed_embed_resumes_without_recomputing_finished_shards(tmp_path: Path
 def test_decode_workers_default_keeps_a_gpu_fed_and_leaves_the_cpu_to_the_model(monkeypatch):
     import os
 
-    from siftbench.benchmark import embed
+    from siftbench.benchmark.stages import embed
 
     assert embed.default_decode_workers("cpu") == 0
     for cores, workers in ((2, 1), (16, 15), (64, 16)):

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from pool_factory import make_tiny_pool
 
-from siftbench.benchmark import train as train_mod
 from siftbench.benchmark.core.errors import ConfigError, StageError
 from siftbench.benchmark.core.scales import (
     available_scales,
@@ -22,6 +21,7 @@ from siftbench.benchmark.core.scales import (
     scale_table,
 )
 from siftbench.benchmark.core.uids import hex_to_uids
+from siftbench.benchmark.stages import train as train_mod
 from siftbench.benchmark.stages.reshard import reshard
 from siftbench.benchmark.stages.train import train
 

@@ -249,12 +249,13 @@ def cmd_filter(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from siftbench.benchmark.core.executors import make_executor
     from siftbench.benchmark.experiment.config import compose_config, to_dict
-    from siftbench.benchmark.stages.embed import embed_pool, world_scorer_checkpoint
+    from siftbench.benchmark.stages.embed import embed_pool
+    from siftbench.benchmark.world.scorer import world_scorer_checkpoint
 
     cfg = compose_config(args.overrides)
     checkpoint, pretrained, key = args.checkpoint, args.pretrained, args.key
     if pretrained == "world":
-        checkpoint, pretrained = world_scorer_checkpoint(cfg, args.model), None
+        checkpoint, pretrained = world_scorer_checkpoint(to_dict(cfg.world), to_dict(cfg.scorer), args.model), None
         key = key or to_dict(cfg.scorer)["name"]
     elif pretrained is not None and Path(pretrained).is_file():
         checkpoint, pretrained = Path(pretrained), None

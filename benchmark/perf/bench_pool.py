@@ -135,7 +135,7 @@ def _child_main(name: str, raw: str) -> None:
 
 def bench_embed(pairs: int = 8000, batch_size: int = 256, num_workers: int = 0, arch: str = "siftbench-tiny",
                 size: int = 32, workdir: str | Path | None = None) -> dict[str, Any]:
-    from siftbench.benchmark.stages.embed import benchmark_embed_throughput
+    from siftbench.benchmark.perf.embed_throughput import benchmark_embed_throughput
 
     base = Path(tempfile.mkdtemp(prefix="siftbench-embed-bench-", dir=workdir))
     try:

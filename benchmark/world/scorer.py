@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from siftbench.benchmark.core.atomic import atomic_path, write_json
+from siftbench.benchmark.core.errors import StageError
 from siftbench.benchmark.core.filtering import uid_random
 from siftbench.benchmark.core.pool import Pool
 from siftbench.benchmark.core.uids import sort_uids
@@ -98,3 +99,13 @@ def reference_image_targets(world: Any, scorer_cfg: dict[str, Any], device: str 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, targets)
     return path
+
+
+def world_scorer_checkpoint(world_cfg: dict[str, Any], scorer: dict[str, Any], arch: str) -> Path:
+    """The embedded world's scoring model (``--pretrained world``): trained on the clean reference set
+    once and cached in the world folder, as ``siftbench run`` does before clip_score."""
+    from siftbench.benchmark.world import ensure_world
+
+    if scorer["arch"] != arch:
+        raise StageError(f"the world's scoring model is a {scorer['arch']!r}, not {arch!r}: pass --model {scorer['arch']}")
+    return Path(train_scorer(ensure_world(world_cfg), scorer))

@@ -48,7 +48,7 @@ def main() -> None:
     if args.world_shards is None:
         raise SystemExit("no world found; run `siftbench world` or pass --world-shards")
 
-    from siftbench.benchmark.stages.embed import benchmark_embed_throughput
+    from siftbench.benchmark.perf.embed_throughput import benchmark_embed_throughput
 
     clock = time.perf_counter()
     pool = args.out / f"pool{args.size}"
