@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from importlib.resources import files
@@ -96,8 +97,6 @@ def available_suites() -> list[str]:
 
 def load_suite(name_or_path: str | Path, root: str | Path, allow_missing: bool = False) -> Suite:
     """A suite by name (``configs/eval/<name>.yaml``) or YAML path, with task folders under ``root``."""
-    import yaml
-
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = SUITE_DIR / f"{name_or_path}.yaml"
@@ -108,13 +107,34 @@ def load_suite(name_or_path: str | Path, root: str | Path, allow_missing: bool =
                 f"Unknown eval suite {str(name_or_path)!r}.{hint} Available: {', '.join(available_suites())} "
                 "(or give the path of a suite YAML file)"
             )
+    return suite_from_config(read_suite_file(path), root, allow_missing=allow_missing, where=str(path))
+
+
+def read_suite_file(path: Path) -> Any:
+    """A suite definition as plain YAML data (no torch, no eval code: the leaderboard reads it too)."""
+    import yaml
+
     if not path.is_file():
         raise ConfigError(f"eval suite file {path} does not exist")
     try:
-        config = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    return suite_from_config(config, root, allow_missing=allow_missing, where=str(path))
+
+
+def shipped_suite_versions(name: str, suite_dir: Path = SUITE_DIR) -> Mapping[str, Any] | None:
+    """{task: version} of the tasks the harness scores in ``configs/eval/<name>.yaml``; None if not shipped.
+
+    Tasks marked ``needs`` are listed there but never scored, so no result is expected for them.
+    """
+    path = Path(suite_dir) / f"{name}.yaml"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not path.is_file():
+        return None
+    config = read_suite_file(path) or {}
+    tasks = config.get("tasks") if isinstance(config, dict) else None
+    if not isinstance(tasks, list):
+        return None
+    return {str(t["name"]): t.get("version") for t in tasks if isinstance(t, dict) and "name" in t and not t.get("needs")}
 
 
 def suite_from_config(

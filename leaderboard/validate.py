@@ -44,6 +44,7 @@ import numpy as np
 from siftbench.benchmark.core.errors import ConfigError, SiftbenchError
 from siftbench.benchmark.core.results import SCHEMA_VERSION, ResultsError, validate_results
 from siftbench.benchmark.core.uids import file_sha256, isin_uids, read_subset, uids_to_hex
+from siftbench.eval_suite.suite import shipped_suite_versions
 
 TRACKS = ("filtering", "byod")
 CPU_SCALES = ("toy", "tiny")
@@ -155,32 +156,6 @@ def shipped_check_scale(resolved: Mapping[str, Any], name: str) -> list[str]:
         return list(check_scale(dict(resolved), name))
     except SiftbenchError as e:  # an unknown scale
         return [str(e)]
-
-
-def shipped_suite_versions(name: str, root: Path | None = None) -> Mapping[str, Any] | None:
-    """{task: version} of ``configs/eval/<name>.yaml`` (tasks the harness can score), None if not shipped.
-
-    Read as YAML data so the leaderboard needs neither torch nor the eval code; tasks marked ``needs``
-    are listed there but never scored, so no result is expected for them.
-    """
-    import yaml
-
-    if root is None:
-        from importlib.resources import files
-
-        root = Path(str(files("siftbench.configs") / "eval"))
-    path = Path(root) / f"{name}.yaml"
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not path.is_file():
-        return None
-    config = yaml.safe_load(path.read_text()) or {}
-    tasks = config.get("tasks") if isinstance(config, dict) else None
-    if not isinstance(tasks, list):
-        return None
-    return {
-        str(t["name"]): t.get("version")
-        for t in tasks
-        if isinstance(t, dict) and "name" in t and not t.get("needs")
-    }
 
 
 # ------------------------------------------------------------------------------------------- results
