@@ -28,6 +28,7 @@ from typing import Any
 from siftbench.benchmark.core.atomic import write_json
 from siftbench.benchmark.core.errors import ConfigError, StageError
 from siftbench.benchmark.core.scales import typed_scale
+from siftbench.benchmark.core.versions import library_versions
 
 RUN_NAME = "siftbench"
 LAUNCHER = "siftbench.benchmark.stages.train.launcher"
@@ -125,7 +126,7 @@ def train(
         "log": str(log),
         "shards": plan["shards_identity"],
         "command": command,
-        "versions": _versions(),
+        "versions": library_versions(("torch", "open_clip_torch", "webdataset")),
     }
     write_json(out_dir / "train_stats.json", stats)
     return final
@@ -381,18 +382,6 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for package in ("torch", "open_clip_torch", "webdataset"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = "missing"
-    return out
 
 
 def benchmark_training_throughput(
