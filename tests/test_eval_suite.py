@@ -298,7 +298,7 @@ def test_evaluate_main_reads_a_run_directory(tiny_model, eval_root: Path, tmp_pa
     import argparse
     import json
 
-    from siftbench.benchmark.stages.evaluate import evaluate_main
+    from siftbench.benchmark.experiment.evaluate_run import evaluate_main
 
     run_dir = tmp_path / "runs" / "r"
     (run_dir / "train").mkdir(parents=True)

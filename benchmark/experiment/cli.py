@@ -298,7 +298,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from siftbench.benchmark.stages.evaluate import evaluate_main
+    from siftbench.benchmark.experiment.evaluate_run import evaluate_main
 
     print(json.dumps(evaluate_main(args), indent=2))
     return 0

@@ -7,11 +7,10 @@ in fp32 (``eval_suite.evaluate_model``).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-from siftbench.benchmark.core.errors import ConfigError, StageError
+from siftbench.benchmark.core.errors import ConfigError
 
 
 def evaluate_checkpoint(
@@ -33,67 +32,3 @@ def evaluate_checkpoint(
     model, preprocess, tokenizer = load_model(arch, checkpoint=checkpoint, pretrained=pretrained, device=device)
     return evaluate_model(model, preprocess, tokenizer, suite, device=device, batch_size=batch_size,
                           progress=progress, num_workers=num_workers)
-
-
-def evaluate_main(args: argparse.Namespace) -> dict[str, Any]:
-    """`siftbench evaluate`: a run directory (its model and final checkpoint), or --model with weights."""
-    from siftbench.eval_suite import load_suite, summarize
-
-    arch, checkpoint, eval_root = args.model, args.checkpoint, args.eval_root
-    if args.run_dir is not None:
-        run_arch, run_checkpoint, run_eval_root = _from_run_dir(Path(args.run_dir))
-        arch, checkpoint = arch or run_arch, checkpoint or run_checkpoint
-        eval_root = eval_root or run_eval_root
-    if arch is None:
-        raise ConfigError("siftbench evaluate: give a run directory, or --model with --checkpoint or --pretrained")
-    if eval_root is None:
-        raise ConfigError("siftbench evaluate: --eval-root <folder with the suite's datasets> is needed here")
-    suite = load_suite(args.suite, root=eval_root)
-    tasks = evaluate_checkpoint(arch, checkpoint, suite, pretrained=args.pretrained, device=args.device)
-    out = {
-        "model": {"arch": arch, "checkpoint": None if checkpoint is None else str(checkpoint),
-                  "pretrained": args.pretrained},
-        "suite": suite.identity(),
-        "tasks": tasks,
-        **summarize(tasks, suite),
-    }
-    if getattr(args, "out", None) is not None:
-        from siftbench.benchmark.core.atomic import write_json
-        from siftbench.eval_suite import write_eval_results_jsonl
-
-        write_json(Path(args.out) / "evaluation.json", out)
-        write_eval_results_jsonl(Path(args.out) / "eval_results.jsonl", tasks, suite)
-    return out
-
-
-def _from_run_dir(run_dir: Path) -> tuple[str, Path, Path | None]:
-    """The architecture, final checkpoint and eval root a finished `siftbench run` used."""
-    import json
-
-    from omegaconf import OmegaConf
-
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise StageError(f"{run_dir}: no config.yaml; is this a `siftbench run` directory?")
-    cfg = OmegaConf.load(config_file)
-    results = run_dir / "results.json"
-    if results.is_file():
-        model = json.loads(results.read_text()).get("model") or {}
-        if model.get("arch") and model.get("checkpoint"):
-            checkpoint = Path(model["checkpoint"])
-            return model["arch"], checkpoint if checkpoint.is_absolute() else run_dir / checkpoint, _eval_root(cfg)
-    checkpoints = sorted(run_dir.glob("train/*/checkpoints/epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    if not checkpoints:
-        raise StageError(f"{run_dir}: no train/*/checkpoints/epoch_N.pt; the run has not finished training")
-    return str(cfg.scale.model), checkpoints[-1], _eval_root(cfg)
-
-
-def _eval_root(cfg: Any) -> Path | None:
-    if cfg.get("eval_root"):
-        return Path(cfg.eval_root)
-    if cfg.get("pool"):
-        return None  # a real pool has no built-in eval sets
-    from siftbench.benchmark.experiment.config import to_dict
-    from siftbench.benchmark.world import ensure_world
-
-    return Path(ensure_world(to_dict(cfg.world)).eval_dir)
