@@ -26,6 +26,7 @@ demo: setup
 
 test: setup browser
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 bench: setup
