@@ -18,6 +18,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from siftbench.benchmark.core.errors import SiftbenchError
+
 from .rank import ALPHA, MIN_SEEDS, RULE_TEXT, Board, load_boards
 from .tables import board_dict, json_safe
 
@@ -200,8 +202,6 @@ def make_server(out_dir: str | Path, port: int = 8000, host: str = "127.0.0.1") 
     """An HTTP server for the built site, bound to localhost only (port 0: any free port)."""
     out = Path(out_dir)
     if not (out / "index.html").is_file():
-        from siftbench.benchmark.core.errors import SiftbenchError
-
         raise SiftbenchError(
             f"{out}: no index.html; build the site first with `siftbench leaderboard build --out {out}`"
         )

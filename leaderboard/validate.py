@@ -41,9 +41,14 @@ from typing import Any
 
 import numpy as np
 
+from siftbench.benchmark.core import scales
+from siftbench.benchmark.core.atomic import atomic_path
 from siftbench.benchmark.core.errors import ConfigError, SiftbenchError
+from siftbench.benchmark.core.pool import Pool
 from siftbench.benchmark.core.results import SCHEMA_VERSION, ResultsError, validate_results
 from siftbench.benchmark.core.uids import file_sha256, isin_uids, read_subset, uids_to_hex
+from siftbench.benchmark.stages.evaluate import evaluate_checkpoint
+from siftbench.eval_suite import load_suite
 from siftbench.eval_suite.suite import shipped_suite_versions
 
 TRACKS = ("filtering", "byod")
@@ -150,10 +155,8 @@ def same_value(a: Any, b: Any) -> bool:
 
 def shipped_check_scale(resolved: Mapping[str, Any], name: str) -> list[str]:
     """Differences from ``configs/scale/<name>.yaml``, as the harness itself checks them before training."""
-    from siftbench.benchmark.core.scales import check_scale
-
     try:
-        return list(check_scale(dict(resolved), name))
+        return list(scales.check_scale(dict(resolved), name))
     except SiftbenchError as e:  # an unknown scale
         return [str(e)]
 
@@ -368,14 +371,11 @@ def check_subset(results: Mapping[str, Any], run_dir: Path) -> tuple[np.ndarray,
 
 def pool_uid_index(pool_root: Path, cache_dir: Path | None = None) -> np.ndarray:
     """Sorted unique uids of a pool, cached per metadata-file listing so big pools are read once."""
-    from siftbench.benchmark.core.atomic import atomic_path
-
     files = sorted((pool_root / "metadata").glob("*.parquet"))
     stamp = canonical_json([[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files])
     cached = cache_dir / f"{sha256_text(str(pool_root.resolve()) + stamp)[:32]}.npy" if cache_dir else None
     if cached is not None and cached.is_file():
         return np.load(cached, allow_pickle=False)
-    from siftbench.benchmark.core.pool import Pool  # pandas: only when the index must be built
 
     uids = Pool.open(pool_root).all_uids()
     index = np.unique(np.ascontiguousarray(uids).view(np.dtype((np.void, 16)))).view(uids.dtype)
@@ -387,8 +387,6 @@ def pool_uid_index(pool_root: Path, cache_dir: Path | None = None) -> np.ndarray
 
 def pool_fingerprint(pool_root: Path) -> str:
     """What results.json's pool.hash records for a pool that is not the embedded world."""
-    from siftbench.benchmark.core.pool import Pool
-
     return Pool.open(pool_root).fingerprint()
 
 
@@ -483,8 +481,6 @@ def harness_reevaluate(run_dir: Path, results: Mapping[str, Any], eval_root: Pat
             "no eval datasets to re-evaluate with: pass --suite-root (for the embedded world it is found "
             "beside the verified pool)"
         )
-    from siftbench.benchmark.stages.evaluate import evaluate_checkpoint
-    from siftbench.eval_suite import load_suite
 
     suite = load_suite(results["suite"]["name"], root=eval_root)
     arch, checkpoint = results["model"]["arch"], checkpoint_path(results, run_dir)

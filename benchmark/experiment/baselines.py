@@ -20,6 +20,8 @@ from siftbench.benchmark.core.atomic import write_json, write_text
 from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.results import load_results
 from siftbench.benchmark.experiment.config import compose_config, to_dict
+from siftbench.benchmark.experiment.runner import run_experiment
+from siftbench.leaderboard.submission import submit_groups
 
 SATURATED = 0.95
 
@@ -28,8 +30,6 @@ def run_baselines(
     strategies: dict[str, list[str]], seeds: Sequence[int], overrides: Sequence[str] = (), progress: bool = True
 ) -> dict[str, list[Path]]:
     """Run every strategy x seed (finished runs are reused); return run directories per strategy."""
-    from siftbench.benchmark.experiment.runner import run_experiment
-
     runs: dict[str, list[Path]] = {}
     for label, strategy_overrides in strategies.items():
         for seed in seeds:
@@ -293,8 +293,6 @@ def baselines_main(
         write_text(Path(out), table)
         plot_summary(summary, Path(out).with_suffix(".png"))
     if submit:
-        from siftbench.leaderboard.submission import submit_groups
-
         # The oracle reads the world's ground truth: a reference line, never a leaderboard entry.
         entries = {label: dirs for label, dirs in runs.items() if label != "oracle"}
         for result in submit_groups(entries, "filtering", store):

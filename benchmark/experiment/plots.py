@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from siftbench.benchmark.core.atomic import atomic_path
+from siftbench.benchmark.core.uids import isin_uids, read_subset
+
 NOT_SCORES = re.compile(r"^(emb|px|sm|sha|concept)\d+$|^(code|mirror_code|hashed|n_concepts|eval_task|match)$")
 
 
@@ -66,8 +69,6 @@ def _figure(width: float = 6.4, height: float = 4.0):
 
 
 def _save(fig, path: Path) -> Path:
-    from siftbench.benchmark.core.atomic import atomic_path
-
     fig.tight_layout()
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         fig.savefig(f, format="png")
@@ -98,12 +99,10 @@ def _concept_counts(step: dict[str, Any], table, subset_path: Path):
     ids = [c for c in table.column_names if re.fullmatch(r"concept\d+", c)]
     if not ids or not subset_path.exists():
         return None
-    from siftbench.benchmark.core.uids import read_subset
 
     matrix = np.stack([table.column(c).to_numpy() for c in ids], axis=1)
     uids = np.empty(table.num_rows, dtype=np.dtype("u8,u8"))
     uids["f0"], uids["f1"] = table.column("uid_hi").to_numpy(), table.column("uid_lo").to_numpy()
-    from siftbench.benchmark.core.uids import isin_uids
 
     kept = isin_uids(uids, read_subset(subset_path))
     size = int(matrix.max()) + 1 if matrix.size and matrix.max() >= 0 else 0

@@ -18,7 +18,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from siftbench.benchmark.core.executors import LocalExecutor
 from siftbench.benchmark.core.uids import UID_DTYPE, read_subset, sort_uids
+from siftbench.benchmark.stages.select import run_filter
+from siftbench.benchmark.stages.train import benchmark_training_throughput
 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
@@ -65,9 +68,6 @@ def datacomp_style_top_fraction(pool_root: Path, column: str, fraction: float, o
 
 
 def bench_metadata_scan(rows: int = 1_000_000, fraction: float = 0.3, workers: int = 2) -> dict[str, Any]:
-    from siftbench.benchmark.core.executors import LocalExecutor
-    from siftbench.benchmark.stages.select import run_filter
-
     cfg = {"name": "clip_score", "column": "clip_b32_similarity_score", "fraction": fraction}
     with tempfile.TemporaryDirectory() as tmp:
         # Warm both paths on a small pool first: a scan rate should not count one-time imports.
@@ -101,7 +101,5 @@ def run_benchmarks(rows: int = 1_000_000, training: bool = True) -> dict[str, An
         f"(x{scan['speedup']:.1f}), same uid set: {scan['same_uids']}  [target >= 3M rows/s]"
     )
     if training:
-        from siftbench.benchmark.stages.train import benchmark_training_throughput
-
         report["training"] = benchmark_training_throughput()
     return report

@@ -23,8 +23,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from siftbench.benchmark.perf.bench import random_hex_uids
+from siftbench.benchmark.core.errors import ConfigError
+from siftbench.benchmark.core.executors import LocalExecutor
+from siftbench.benchmark.core.uids import hex_to_uids
+from siftbench.benchmark.perf.bench import random_hex_uids, run_benchmarks
+from siftbench.benchmark.perf.bench_filters import run_filter_benchmarks
+from siftbench.benchmark.perf.embed_throughput import benchmark_embed_throughput
 from siftbench.benchmark.perf.fresh_process import peak_rss_gb, run_in_fresh_process
+from siftbench.benchmark.stages.select import run_filter
+from siftbench.benchmark.stages.train import benchmark_training_throughput
 
 SECTIONS = ("scan", "training", "filters", "embed", "scaling")
 
@@ -74,8 +81,6 @@ def make_embedded_pool(root: str, rows: int, shard_rows: int = 100_000, dim: int
                        seed: int = 0) -> dict[str, Any]:
     """Metadata parquet (uid, text) plus ``embeddings/<key>/*.npz`` exactly as ``siftbench embed`` writes
     them (uid, float16 unit image/text features, float32 similarity), ``shard_rows`` rows per shard."""
-    from siftbench.benchmark.core.uids import hex_to_uids
-
     rng = np.random.default_rng(seed)
     base = Path(root)
     (base / "metadata").mkdir(parents=True, exist_ok=True)
@@ -101,9 +106,6 @@ def make_embedded_pool(root: str, rows: int, shard_rows: int = 100_000, dim: int
 
 def measure_score_select(root: str, out: str, fraction: float = 0.3, workers: int = 2,
                          key: str = "bench") -> dict[str, Any]:
-    from siftbench.benchmark.core.executors import LocalExecutor
-    from siftbench.benchmark.stages.select import run_filter
-
     cfg = {"name": "clip_score", "column": f"clip_{key}_similarity_score", "fraction": fraction}
     # Warm up on a small pool first: the growth of the cost with N should not include one-time imports.
     warm = Path(out).parent / f"{Path(out).name}-warm"
@@ -135,8 +137,6 @@ def _child_main(name: str, raw: str) -> None:
 
 def bench_embed(pairs: int = 8000, batch_size: int = 256, num_workers: int = 0, arch: str = "siftbench-tiny",
                 size: int = 32, workdir: str | Path | None = None) -> dict[str, Any]:
-    from siftbench.benchmark.perf.embed_throughput import benchmark_embed_throughput
-
     base = Path(tempfile.mkdtemp(prefix="siftbench-embed-bench-", dir=workdir))
     try:
         shards = 4
@@ -179,22 +179,14 @@ def run_sections(names: list[str], rows: int = 1_000_000) -> dict[str, Any]:
     """Run the named sections of `siftbench bench` (scan, training, filters, embed, scaling)."""
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
-        from siftbench.benchmark.core.errors import ConfigError
-
         raise ConfigError(f"bench --only: unknown section(s) {unknown}; choose from {list(SECTIONS)}")
     report: dict[str, Any] = {}
     if "scan" in names or "training" in names:
-        from siftbench.benchmark.perf.bench import run_benchmarks
-
         if "scan" in names:
             report.update(run_benchmarks(rows=rows, training="training" in names))
         else:
-            from siftbench.benchmark.stages.train import benchmark_training_throughput
-
             report["training"] = benchmark_training_throughput()
     if "filters" in names:
-        from siftbench.benchmark.perf.bench_filters import run_filter_benchmarks
-
         report["filters"] = run_filter_benchmarks()
     if "embed" in names:
         report["embed"] = bench_embed()

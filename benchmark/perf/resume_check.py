@@ -25,7 +25,9 @@ from typing import Any
 
 from siftbench.benchmark.core.errors import StageError
 from siftbench.benchmark.core.scales import load_scale
+from siftbench.benchmark.stages.evaluate import evaluate_checkpoint
 from siftbench.benchmark.stages.train import RUN_NAME, train
+from siftbench.eval_suite import load_suite, summarize
 
 
 def optimizer_steps(checkpoint: Path) -> int:
@@ -70,9 +72,6 @@ def kill_and_resume(shards: Path, scale_name: str, out: Path, seed: int = 0, ref
                     and result["optimizer_steps"]["resumed"] == result["optimizer_steps"]["uninterrupted"]
                     == result["expected_steps"])
     if suite is not None:
-        from siftbench.benchmark.stages.evaluate import evaluate_checkpoint
-        from siftbench.eval_suite import load_suite, summarize
-
         loaded = load_suite(suite, root=eval_root) if eval_root is not None else None
         if loaded is None:
             raise StageError("--suite needs --eval-root (the folder holding the suite's datasets)")

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from siftbench.benchmark.core.errors import ConfigError
+from siftbench.benchmark.stages.models import load_model
+from siftbench.eval_suite import evaluate_model
 
 
 def evaluate_checkpoint(
@@ -24,9 +26,6 @@ def evaluate_checkpoint(
     num_workers: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Per-task results (see ``eval_suite.evaluate_model``) of ``arch`` with these weights on ``suite``."""
-    from siftbench.benchmark.stages.models import load_model
-    from siftbench.eval_suite import evaluate_model
-
     if checkpoint is None and pretrained is None:
         raise ConfigError(f"evaluate {arch}: give a checkpoint or a pretrained tag (random weights say nothing)")
     model, preprocess, tokenizer = load_model(arch, checkpoint=checkpoint, pretrained=pretrained, device=device)

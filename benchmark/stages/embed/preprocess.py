@@ -15,6 +15,7 @@ import numpy as np
 from siftbench.benchmark.core.errors import PoolError
 from siftbench.benchmark.core.pool import sample_image, sample_uid
 from siftbench.benchmark.core.tars import read_tar_samples
+from siftbench.benchmark.stages.pixels import normalize_table, normalize_uint8
 
 _HEX = frozenset(hexdigits)
 
@@ -166,7 +167,6 @@ class BatchPreprocess:
         there in the CPU-made table (arithmetic on a GPU would round differently)."""
         import torch
 
-        from siftbench.benchmark.stages.pixels import normalize_uint8
 
         batch = batch.to(device, non_blocking=True)
         if batch.dtype != torch.uint8:
@@ -178,7 +178,6 @@ class BatchPreprocess:
     def _table(self) -> np.ndarray:
         import torch
 
-        from siftbench.benchmark.stages.pixels import normalize_table
 
         dtype = torch.get_default_dtype()
         if self._table_cache is None or self._table_cache.dtype != dtype:

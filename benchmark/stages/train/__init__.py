@@ -27,8 +27,9 @@ from typing import Any
 
 from siftbench.benchmark.core.atomic import write_json
 from siftbench.benchmark.core.errors import ConfigError, StageError
-from siftbench.benchmark.core.scales import typed_scale
+from siftbench.benchmark.core.scales import load_scale, typed_scale
 from siftbench.benchmark.core.versions import library_versions
+from siftbench.benchmark.stages.models import MODEL_CONFIG_DIR, register_model_configs
 
 RUN_NAME = "siftbench"
 LAUNCHER = "siftbench.benchmark.stages.train.launcher"
@@ -258,7 +259,6 @@ def _check_model_known(model: str) -> None:
     """Fail before launching for an unknown architecture, without importing open_clip (seconds) here."""
     from importlib.util import find_spec
 
-    from siftbench.benchmark.stages.models import MODEL_CONFIG_DIR
 
     spec = find_spec("open_clip")
     folders = [MODEL_CONFIG_DIR] + [Path(p) / "model_configs" for p in (spec.submodule_search_locations or [])]
@@ -405,7 +405,6 @@ def benchmark_training_throughput(
     """
     import tempfile
 
-    from siftbench.benchmark.core.scales import load_scale
 
     scale = scale if scale is not None else load_scale("tiny")
     if shards_dir is None:
@@ -489,7 +488,6 @@ def _compute_only_rate(scale: dict[str, Any], device: str, threads: int, steps: 
                        seed: int) -> float:
     import torch
 
-    from siftbench.benchmark.stages.models import register_model_configs
 
     register_model_configs()
     previous = torch.get_num_threads()
@@ -551,7 +549,6 @@ def main(argv: list[str] | None = None) -> None:
 
     # Before torch loads (the compute-only half runs in this process): the trainer's own setting.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from siftbench.benchmark.core.scales import load_scale
 
     parser = argparse.ArgumentParser(prog="python -m siftbench.benchmark.stages.train", description=main.__doc__)
     parser.add_argument("shards_dir", type=Path, nargs="?", help="training shards (default: synthetic ones)")

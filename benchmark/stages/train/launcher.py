@@ -32,6 +32,9 @@ from itertools import islice
 
 import webdataset as wds
 
+from siftbench.benchmark.stages.models import register_model_configs
+from siftbench.benchmark.stages.pixels import normalize_table, normalize_uint8
+
 
 class ExactEpochPipeline(wds.DataPipeline):
     """A training pipeline whose loader workers yield ``exact_batches`` batches per epoch between them."""
@@ -155,7 +158,6 @@ class UInt8Normalize:
     def __call__(self, module, args):
         import torch
 
-        from siftbench.benchmark.stages.pixels import normalize_table, normalize_uint8
 
         images = args[0]
         if images.dtype != torch.uint8:
@@ -192,7 +194,6 @@ def patch_uint8_images() -> None:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from siftbench.benchmark.stages.models import register_model_configs
 
     threads = os.environ.get("SIFTBENCH_NUM_THREADS")
     if threads:
