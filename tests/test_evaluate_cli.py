@@ -109,3 +109,38 @@ def test_a_scale_override_of_a_fixed_hyperparameter_is_refused(capsys, tmp_path)
     code = cli_main(["run", f"pool={tmp_path / 'pool'}", f"runs_dir={tmp_path / 'runs'}", "scale=toy", "scale.lr=0.5"])
     err = capsys.readouterr().err
     assert code == 2 and "lr=0.5 (scale 'toy' fixes 0.001)" in err and "scale.comparable=false" in err
+
+
+def test_a_custom_architecture_file_evaluates_by_path(capsys, suite_root, tmp_path):
+    """A user's open_clip config that is none of open_clip's names: --model takes its path."""
+    import open_clip
+
+    arch = {"embed_dim": 64, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32,
+                                            "patch_size": 8},
+            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+    path = tmp_path / "my-clip-64.json"
+    path.write_text(json.dumps(arch))
+    assert "my-clip-64" not in open_clip.list_models()
+    torch.manual_seed(0)
+    model, _, _ = load_model(str(path))
+    assert model.text_projection.shape == (64, 64)
+    torch.save(model.state_dict(), tmp_path / "mine.pt")
+    code, out, _ = evaluate(capsys, "--model", str(path), "--checkpoint", str(tmp_path / "mine.pt"), "--suite",
+                            str(tmp_path / "tiny.yaml"), "--eval-root", str(suite_root))
+    assert code == 0
+    assert set(json.loads(out)["tasks"]) == {"colours", "colours_balanced", "captions"}
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "does not exist"),
+    ("{not json", "not valid JSON"),
+    ('{"embed_dim": 8}', "needs embed_dim, vision_cfg and text_cfg"),
+])  # fmt: skip
+def test_a_bad_architecture_file_is_one_clear_error(capsys, checkpoint, suite_root, tmp_path, content, message):
+    path = tmp_path / "arch.json"
+    if content is not None:
+        path.write_text(content)
+    code, _, err = evaluate(capsys, "--model", str(path), "--checkpoint", str(checkpoint), "--suite",
+                            str(tmp_path / "tiny.yaml"), "--eval-root", str(suite_root))
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err

@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a run directory, or an architecture + checkpoint, on a suite")
     p.add_argument("run_dir", type=Path, nargs="?")
-    p.add_argument("--model", help="open_clip architecture (with --checkpoint or --pretrained)")
+    p.add_argument("--model", help="open_clip architecture name, or the path of an architecture .json (a custom "
+                                   "open_clip config); with --checkpoint or --pretrained")
     p.add_argument("--checkpoint", type=Path)
     p.add_argument("--pretrained")
     p.add_argument("--suite", default="world")

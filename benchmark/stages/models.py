@@ -6,6 +6,7 @@ tag found in the local cache, or a checkpoint path (open_clip_train's ``epoch_N.
 
 from __future__ import annotations
 
+import json
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -23,18 +24,44 @@ def register_model_configs() -> list[str]:
     return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
 
 
+def resolve_architecture(arch: str) -> str:
+    """The open_clip name of ``arch``: a registered name, or the path of an architecture JSON file (a custom
+    open_clip config), which is registered under its file name."""
+    import open_clip
+
+    register_model_configs()
+    if arch.endswith(".json"):
+        path = Path(arch)
+        if not path.is_file():
+            raise ConfigError(f"architecture file {arch} does not exist; give an open_clip config JSON or a name")
+        try:
+            config = json.loads(path.read_text())
+        except ValueError as e:
+            raise ConfigError(f"{arch}: not valid JSON ({e}); an architecture file is an open_clip model config") from None
+        if not isinstance(config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(config):
+            raise ConfigError(f"{arch}: an open_clip model config needs embed_dim, vision_cfg and text_cfg")
+        known = open_clip.get_model_config(path.stem)
+        if known is not None and known != config:
+            raise ConfigError(f"{arch}: open_clip already has a different architecture named {path.stem!r}; "
+                              "rename the file")
+        open_clip.add_model_config(path)
+        return path.stem
+    if arch not in open_clip.list_models():
+        raise ConfigError(f"unknown architecture {arch!r}; open_clip knows e.g. ViT-B-32, and siftbench adds "
+                          f"{register_model_configs()} (or give the path of an architecture .json)")
+    return arch
+
+
 def load_model(arch: str, checkpoint: str | Path | None = None, pretrained: str | None = None, device: str = "cpu"):
     """Return (model, preprocess, tokenizer) in eval mode.
 
+    ``arch`` is an open_clip name or the path of an architecture JSON (see ``resolve_architecture``);
     ``checkpoint`` is a local file; ``pretrained`` a tag whose weights are already in the local cache, or a
     weights file (nothing is ever downloaded; see ``cached_pretrained``).
     """
     import open_clip
 
-    register_model_configs()
-    if arch not in open_clip.list_models():
-        raise ConfigError(f"unknown architecture {arch!r}; open_clip knows e.g. ViT-B-32, and siftbench adds "
-                          f"{register_model_configs()}")
+    arch = resolve_architecture(arch)
     if pretrained is None:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, device=device)
     else:
