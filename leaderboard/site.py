@@ -221,7 +221,7 @@ def serve(out_dir: str | Path, port: int = 8000) -> None:
 
 
 def screenshot(site_dir: str | Path, png: str | Path, width: int = 1280, height: int = 1100) -> Path:
-    """A PNG of the built page in headless Chromium (the README's picture); needs the dev extra."""
+    """A PNG of the built page in headless Chromium (docs/leaderboard.png); needs the dev extra."""
     import threading
 
     from playwright.sync_api import sync_playwright

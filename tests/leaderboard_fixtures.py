@@ -3,7 +3,7 @@
 The "checkpoint" of a fixture run is a small JSON file holding the scores it was "evaluated" at, so
 ``fake_reevaluate`` can stand in for the real evaluator where re-evaluation is not the point.
 
-Run as a script it fills a demo store (synthetic entries, not real results) for the README screenshot:
+Run as a script it fills a demo store (synthetic entries, not real results) for the screenshot in docs/leaderboard.md:
 
     .venv/bin/python tests/leaderboard_fixtures.py demo --store /tmp/demo.sqlite
 """
@@ -286,7 +286,7 @@ DEMO_ENTRIES: list[tuple[str, dict[str, Any], float, float, int, int]] = [
 
 
 def build_demo_store(store: Path, work: Path) -> Path:
-    """Synthetic demo entries (labelled as such in docs/leaderboard.md) for the README's screenshot."""
+    """Synthetic demo entries (labelled as such in docs/leaderboard.md) for the screenshot in docs/leaderboard.md."""
     from siftbench.leaderboard.submission import submit
 
     pool = make_pool(work / "pool", n=400)

@@ -2,7 +2,7 @@
 
 sha256 of the bytes (as four big-endian uint64 words), imagehash-compatible pHash and dHash (64-bit,
 plus the hashes of the mirrored image) and an 8x8 RGB thumbnail. Pure functions of image bytes: the
-stage (benchmark/image_features.py) stores them per pool shard, and eval decontamination computes the
+stage (stages/image_features.py) stores them per pool shard, and eval decontamination computes the
 same ones for the eval images, so both sides always agree.
 """
 

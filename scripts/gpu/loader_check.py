@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The training loader alone: samples/s that open_clip_train's webdataset loader delivers from world shards
 re-encoded at 224 px JPEG, with open_clip's stock train transform (floats from the workers) and with the
-launcher's uint8 split (benchmark/open_clip_launcher.py), alternating over rounds in one process.
+launcher's uint8 split (stages/train/launcher.py), alternating over rounds in one process.
 
 On the GPU machine this says how many loader workers the compute rate needs; on a CPU it measures what the
 split saves per worker. No model runs.

@@ -1,7 +1,7 @@
 """train: open_clip_train at a fixed scale, as a subprocess, on the shards reshard wrote.
 
 open_clip_train owns its argv, logging and working directory, and it reports some failures by
-exiting 0, so it runs in its own process (benchmark/open_clip_launcher.py) and this module checks what
+exiting 0, so it runs in its own process (stages/train/launcher.py) and this module checks what
 it left behind: a run that exits 0 without its final checkpoint is a failure.
 
 Layout of ``out_dir``::

@@ -16,9 +16,9 @@ Runs ``open_clip_train.main`` (open_clip_torch 3.3.0, pinned) with what siftbenc
 - loader workers hand over uint8 pictures and the model's visual tower turns them into normalised floats
   on the training device, by a table of ToTensor + Normalize made on the CPU (the same numbers). Workers
   then do a quarter of the copying and none of the float passes: on a GPU machine, where 16 workers
-  decoding 224 px JPEGs are the bottleneck, that is what lets the loader keep up (README, GPU checks).
+  decoding 224 px JPEGs are the bottleneck, that is what lets the loader keep up (docs/performance.md, GPU checks).
 
-The parent (benchmark/train.py) sets SIFTBENCH_NUM_THREADS for torch's intra-op threads. This module is
+The parent (stages/train/__init__.py) sets SIFTBENCH_NUM_THREADS for torch's intra-op threads. This module is
 imported only in the training process, so it imports webdataset at the top (the pipeline subclass must
 be importable by name for spawned loader workers).
 """
@@ -142,7 +142,7 @@ class UInt8Normalize:
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
         self.mean, self.std = tuple(mean), tuple(std)
-        self.table = None  # ToTensor + Normalize per uint8 value (benchmark/pixels.py), on the device
+        self.table = None  # ToTensor + Normalize per uint8 value (stages/pixels.py), on the device
 
     @staticmethod
     def split(transform):

@@ -139,7 +139,7 @@ def _launch_script(python: str, out_dir: Path, nodes: int, gpus_per_node: int, t
         precision = ('PRECISION=$("$PYTHON" -c "import torch; '
                      "print('amp_bf16' if torch.cuda.is_bf16_supported() else 'amp')\")\n")
     return f"""#!/bin/bash
-# Written by siftbench (benchmark/slurm.py). One srun task per node runs this: torchrun starts
+# Written by siftbench (stages/train/slurm.py). One srun task per node runs this: torchrun starts
 # {gpus_per_node} training process(es) here; rank = node rank x {gpus_per_node} + local rank.
 set -euo pipefail
 : "${{MASTER_ADDR:?set by train.sbatch (first node of the job)}}"
@@ -185,7 +185,7 @@ requeue() { echo "time limit near: requeueing job $SLURM_JOB_ID"; scontrol reque
 trap requeue USR1
 """
     return "#!/bin/bash\n" + "".join(f"#SBATCH {h}\n" for h in header) + f"""
-# Written by siftbench (benchmark/slurm.py): scale {scale['name']}, global batch {scale['global_batch']},
+# Written by siftbench (stages/train/slurm.py): scale {scale['name']}, global batch {scale['global_batch']},
 # {scale['samples_seen']} samples seen. Submit with: sbatch {shlex.quote(str(out_dir / 'slurm' / 'train.sbatch'))}
 set -uo pipefail
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
