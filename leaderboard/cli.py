@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from siftbench.benchmark.core.errors import SiftbenchError
+from siftbench.benchmark.core.scales import check_scale_name
 
 from . import store
 
@@ -51,7 +52,8 @@ def add_leaderboard_commands(subparsers: Any) -> None:
         "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="runs/<name>/ folders, one per seed"
     )
     sub.add_argument("--name", required=True, help="the entry's name on the board")
-    sub.add_argument("--track", default="filtering", choices=("filtering", "byod"))
+    sub.add_argument("--track", default="filtering", choices=("filtering", "byod"),
+                     help="filtering (the pool as given) or byod (bring your own data)")
     sub.add_argument(
         "--pool", type=Path, default=None, help="pool to check uids against (default: results.json pool.path)"
     )
@@ -77,26 +79,26 @@ def add_leaderboard_commands(subparsers: Any) -> None:
     export = actions.add_parser("export", help="write the rankings as CSV, markdown or JSON")
     for parser in (show, export):
         parser.add_argument("--scale", default=None, help="one scale (default: all)")
-        parser.add_argument("--track", default=None, choices=("filtering", "byod"))
+        parser.add_argument("--track", default=None, choices=("filtering", "byod"), help="one track (default: both)")
         _store_arg(parser)
-    show.add_argument("--format", default="table", choices=("table", "csv", "markdown", "json"))
+    show.add_argument("--format", default="table", choices=("table", "csv", "markdown", "json"), help="output format")
     show.set_defaults(func=cmd_show)
-    export.add_argument("--format", default="csv", choices=("csv", "markdown", "json"))
+    export.add_argument("--format", default="csv", choices=("csv", "markdown", "json"), help="file format")
     export.add_argument("--out", type=Path, required=True, help="file to write")
     export.set_defaults(func=cmd_export)
     build = actions.add_parser("build", help="write the static web page (works offline)")
-    build.add_argument("--out", type=Path, default=Path("site"))
+    build.add_argument("--out", type=Path, default=Path("site"), help="folder for the page")
     _store_arg(build)
     build.set_defaults(func=cmd_build)
     serve = actions.add_parser("serve", help="serve the built page on http://127.0.0.1:PORT")
     serve.add_argument("--out", type=Path, default=Path("site"), help="the folder `build` wrote")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1")
     serve.set_defaults(func=cmd_serve)
     shot = actions.add_parser(
         "screenshot", help="PNG of the built page in headless Chromium (needs the dev extra)"
     )
     shot.add_argument("--out", type=Path, default=Path("site"), help="the folder `build` wrote")
-    shot.add_argument("--png", type=Path, default=Path("docs/leaderboard.png"))
+    shot.add_argument("--png", type=Path, default=Path("docs/leaderboard.png"), help="file to write")
     shot.set_defaults(func=cmd_screenshot)
 
 
@@ -127,6 +129,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from .tables import show
 
+    if args.scale is not None:
+        check_scale_name(args.scale)  # a typo is an error, not "no entries"
     sys.stdout.write(show(_store_path(args), args.scale, args.track, args.format))
     return 0
 
@@ -136,6 +140,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from .tables import show
 
+    if args.scale is not None:
+        check_scale_name(args.scale)
     write_text(args.out, show(_store_path(args), args.scale, args.track, args.format))
     print(f"wrote {args.out}")
     return 0

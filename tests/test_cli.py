@@ -81,3 +81,37 @@ def test_plugin_filter_from_a_file(capsys, tmp_path):
                              "filter.name=long_captions_test", "+filter.min_words=4")
     assert code == 0, err
     assert '"kept": 20' in out  # "a photo of something" has 4 words
+
+
+def test_every_argument_has_help_text():
+    import argparse
+
+    from siftbench.benchmark.experiment.cli import build_parser
+
+    def undocumented(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from undocumented(sub, f"{path} {name}")
+            elif action.help is None and not isinstance(action, argparse._HelpAction):
+                yield f"{path} {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(undocumented(build_parser(), "siftbench")) == []
+
+
+def test_seeds_then_overrides(capsys, tmp_path):
+    # argparse hands `scale=toy` to --seeds; it must reach the overrides, not fail as "invalid int value".
+    code, _, err = run_cli(capsys, "baselines", "--seeds", "0", "1", "scale=toy", f"runs_dir={tmp_path}",
+                           "--strategies", "no_filter", "--collect-only")
+    # --collect-only on an empty runs_dir names the runs it looked for: both seeds, at the toy scale.
+    assert code == 2 and "no_filter-toy-s0" in err and "no_filter-toy-s1" in err, err
+
+
+def test_a_bad_seed_is_one_clear_error(capsys):
+    code, _, err = run_cli(capsys, "baselines", "--seeds", "0", "-1", "scale=toy", "--collect-only")
+    assert code == 2 and "'-1' is not a seed" in err and err.count("\n") == 1
+
+
+def test_leaderboard_show_of_an_unknown_scale_suggests(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "leaderboard", "show", "--scale", "tinyy", "--store", str(tmp_path / "b.sqlite"))
+    assert code == 2 and "unknown scale 'tinyy'. Did you mean 'tiny'?" in err

@@ -52,16 +52,22 @@ def available_scales() -> list[str]:
     return sorted(p.stem for p in SCALE_DIR.glob("*.yaml"))
 
 
-def load_scale(name: str) -> dict[str, Any]:
-    """The shipped scale ``name`` as a plain dict (typed, all fields present)."""
-    from omegaconf import OmegaConf
-
+def check_scale_name(name: str) -> Path:
+    """The shipped scale file of ``name``; an unknown name is a ConfigError with the closest names."""
     path = SCALE_DIR / f"{name}.yaml"
     if not path.is_file():
         names = available_scales()
         close = difflib.get_close_matches(name, names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown scale {name!r}.{hint} Available: {', '.join(names)} (configs/scale/*.yaml)")
+    return path
+
+
+def load_scale(name: str) -> dict[str, Any]:
+    """The shipped scale ``name`` as a plain dict (typed, all fields present)."""
+    from omegaconf import OmegaConf
+
+    path = check_scale_name(name)
     data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     return typed_scale(data, where=str(path))
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from siftbench.benchmark.core.errors import SiftbenchError
+from siftbench.benchmark.core.errors import ConfigError, SiftbenchError
 
 EXAMPLES = """examples:
   siftbench run                                         # no_filter on the embedded world, scale tiny
@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("baselines", help="the baseline strategies over several seeds, as a markdown table")
     p.add_argument("overrides", nargs="*", help=overrides_help)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", default=["0", "1", "2"], metavar="SEED",
+                   help="training seeds, each strategy trained once per seed (default: 0 1 2)")
     p.add_argument("--experiment", default="baselines",
                    help="the strategy set: configs/experiment/<name>.yaml (baselines, filters)")
     p.add_argument("--strategies", nargs="+", help="labels from the experiment's strategies (default: all)")
@@ -87,34 +88,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="download a pool from metadata parquet files (uid, url, text) with img2dataset")
     p.add_argument("metadata", type=Path, help="folder of *.parquet (and optional same-named *.npz), e.g. DataComp's")
     p.add_argument("--out", type=Path, required=True, help="pool folder to write (rerun the same command to resume)")
-    p.add_argument("--distributor", choices=["multiprocessing", "pyspark", "ray"], default="multiprocessing")
+    p.add_argument("--distributor", choices=["multiprocessing", "pyspark", "ray"], default="multiprocessing",
+                   help="img2dataset's distributor: processes here, or a Spark / Ray cluster")
     p.add_argument("--processes", type=int, help="download processes (default: CPU count)")
     p.add_argument("--threads", type=int, default=64, help="download threads per process")
-    p.add_argument("--samples-per-shard", type=int, default=10_000)
+    p.add_argument("--samples-per-shard", type=int, default=10_000, help="samples per pool tar (DataComp: 10,000)")
     p.add_argument("--image-size", type=int, default=512, help="longest side, resized only if bigger")
     p.add_argument("--no-verify-hash", action="store_true", help="keep images whose sha256 differs from the metadata's")
     p.add_argument("--no-blur-faces", action="store_true", help="ignore the metadata's face_bboxes")
     p.add_argument("--timeout", type=int, default=10, help="seconds per request")
-    p.add_argument("--retries", type=int, default=0)
-    p.add_argument("--url-col", default="url")
-    p.add_argument("--caption-col", default="text")
+    p.add_argument("--retries", type=int, default=0, help="retries per failed request")
+    p.add_argument("--url-col", default="url", help="the metadata column holding image URLs")
+    p.add_argument("--caption-col", default="text", help="the metadata column holding captions")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("filter", help="score + select over a pool: writes subset.npy and subset_stats.json")
-    p.add_argument("pool", type=Path)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("pool", type=Path, help="a pool folder in DataComp's layout (metadata/, shards/)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for subset.npy, subset_stats.json and scores/ (rerun the same command to resume)")
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.set_defaults(func=cmd_filter)
 
     p = sub.add_parser("embed", help="embed a pool's images and captions with an open_clip model")
-    p.add_argument("pool", type=Path)
+    p.add_argument("pool", type=Path, help="a pool folder in DataComp's layout; writes <pool>/embeddings/<key>/")
     p.add_argument("--model", required=True, help="open_clip architecture, e.g. ViT-B-32 or siftbench-tiny")
     p.add_argument("--pretrained", help="a pretrained tag whose weights are in the local cache, a weights file, "
                                         "or 'world' (the embedded world's scoring model, trained once and cached)")
     p.add_argument("--checkpoint", type=Path, help="a local checkpoint file")
     p.add_argument("--key", help="name of the embeddings (default: the architecture; 'scorer' for --pretrained world)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (a GPU when there is one)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="pairs per model call")
     p.add_argument("--workers", type=int, default=None,
                    help="processes that read, decode and preprocess shards while the model runs (0: none; "
                         "default on a GPU: one per core but one, up to 16; 0 on the CPU, where a worker would take "
@@ -123,26 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("reshard", help="pool + subset.npy -> training shards (repeats honoured)")
-    p.add_argument("pool", type=Path)
-    p.add_argument("subset", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("pool", type=Path, help="the pool folder the subset's uids come from")
+    p.add_argument("subset", type=Path, help="subset.npy (DataComp's format; a uid listed k times is trained k times)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the training tars and manifest.json")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle that spreads repeats over shards")
+    p.add_argument("--workers", type=int, default=1, help="processes reading and writing tars")
     p.set_defaults(func=cmd_reshard)
 
     p = sub.add_parser("train", help="train CLIP on training shards at a fixed scale")
-    p.add_argument("shards", type=Path)
-    p.add_argument("--scale", default="toy")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("shards", type=Path, help="the folder reshard wrote (training tars + manifest.json)")
+    p.add_argument("--scale", default="toy", help="the budget and hyperparameters: configs/scale/<name>.yaml "
+                                                  "(siftbench scales lists them)")
+    p.add_argument("--out", type=Path, required=True, help="folder for checkpoints, logs and train_stats.json")
+    p.add_argument("--seed", type=int, default=0, help="training seed (data order and initial weights)")
     p.add_argument("--device", help="cpu (default), or cuda (default with --slurm)")
     p.add_argument("--nproc", type=int, default=1, help="processes (torchrun) on this machine")
     slurm = p.add_argument_group("SLURM (writes an sbatch script and prints the sbatch command; submits nothing)")
     slurm.add_argument("--slurm", action="store_true", help="write <out>/slurm/train.sbatch instead of training")
-    slurm.add_argument("--nodes", type=int, default=1)
-    slurm.add_argument("--gpus-per-node", type=int, default=8)
-    slurm.add_argument("--partition")
-    slurm.add_argument("--account")
+    slurm.add_argument("--nodes", type=int, default=1, help="nodes per job")
+    slurm.add_argument("--gpus-per-node", type=int, default=8, help="GPUs (processes) per node")
+    slurm.add_argument("--partition", help="SLURM partition (default: the cluster's)")
+    slurm.add_argument("--account", help="SLURM account to charge")
     slurm.add_argument("--time", default="24:00:00", help="time limit per job (a requeued job starts a new one)")
     slurm.add_argument("--cpus-per-task", type=int, help="CPUs per node (default: gpus x (loader workers + 1))")
     slurm.add_argument("--per-gpu-batch", type=int,
@@ -152,14 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run directory, or an architecture + checkpoint, on a suite")
-    p.add_argument("run_dir", type=Path, nargs="?")
+    p.add_argument("run_dir", type=Path, nargs="?", help="a finished `siftbench run` folder (its model, checkpoint "
+                                                       "and eval sets)")
     p.add_argument("--model", help="open_clip architecture name, or the path of an architecture .json (a custom "
                                    "open_clip config); with --checkpoint or --pretrained")
-    p.add_argument("--checkpoint", type=Path)
-    p.add_argument("--pretrained")
-    p.add_argument("--suite", default="world")
+    p.add_argument("--checkpoint", type=Path, help="a local weights file (open_clip_train's epoch_N.pt or a state dict)")
+    p.add_argument("--pretrained", help="a pretrained tag whose weights are in the local cache, or a weights file")
+    p.add_argument("--suite", default="world", help="configs/eval/<name>.yaml (world, datacomp) or a suite YAML path")
     p.add_argument("--eval-root", type=Path, help="folder with the suite's datasets (default: the world's)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", type=Path, help="also write evaluation.json and DataComp's eval_results.jsonl here")
     p.set_defaults(func=cmd_evaluate)
 
@@ -168,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="speed benchmarks: training data path vs compute-only, metadata scan rate")
     p.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic metadata pool")
-    p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--skip-training", action="store_true", help="leave out the training throughput section")
     p.add_argument("--only", help="comma-separated sections instead of the default ones: "
                                    "scan, training, filters, embed (stage vs in-memory model), scaling (1M vs 5M rows)")
     p.add_argument("--filters", action="store_true",
@@ -206,9 +211,21 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     if args.strategies:
         args.overrides += [s for s in args.strategies if "=" in s]
         args.strategies = [s for s in args.strategies if "=" not in s]
+    args.overrides += [s for s in args.seeds if "=" in s]
+    args.seeds = seed_list([s for s in args.seeds if "=" not in s])
     print(baselines_main(args.seeds, args.strategies, args.overrides, args.out, submit=args.submit, store=args.store,
                          collect_only=args.collect_only, experiment=args.experiment))
     return 0
+
+
+def seed_list(values: list[str]) -> list[int]:
+    """``--seeds`` as integers (>= 0), or one clear error naming what is not a seed."""
+    if not values:
+        raise ConfigError("--seeds: no seed given; e.g. --seeds 0 1 2")
+    if bad := [v for v in values if not v.isdigit()]:
+        raise ConfigError(f"--seeds: {', '.join(map(repr, bad))} is not a seed; give whole numbers >= 0, "
+                          "e.g. --seeds 0 1 2")
+    return [int(v) for v in values]
 
 
 def cmd_world(args: argparse.Namespace) -> int:
