@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from tqdm import tqdm
 
 from siftbench.benchmark.core.errors import StageError
+from siftbench.benchmark.core.progress import progress_bar
 
 from .data import SkipCounter, TaskData, decode_image, iter_samples
 
@@ -79,7 +79,7 @@ def encode_images(
     features: list[torch.Tensor] = []
     targets: list[Any] = []
     skipped = SkipCounter()
-    with torch.no_grad(), tqdm(desc=desc, unit="img", disable=not progress, leave=False) as bar:
+    with torch.no_grad(), progress_bar(enabled=progress, desc=desc, unit="img", leave=False) as bar:
         for item in stream:
             if item[0] == "skipped":
                 skipped.merge(item[1])

@@ -7,9 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tqdm import tqdm
-
 from siftbench.benchmark.core.errors import StageError
+from siftbench.benchmark.core.progress import progress_bar
 
 from .suite import Suite
 from .tasks import TASK_TYPES
@@ -39,7 +38,7 @@ def evaluate_model(
         log.warning("suite %s: skipping %s", suite.name, suite.skipped)
     results: dict[str, dict[str, Any]] = {}
     with torch.no_grad():
-        for spec in tqdm(suite.tasks, desc=f"eval {suite.name}", unit="task", disable=not progress):
+        for spec in progress_bar(suite.tasks, enabled=progress, desc=f"eval {suite.name}", unit="task"):
             data = suite.data[spec.name]
             start = time.perf_counter()
             result = TASK_TYPES.get(spec.type)().evaluate(

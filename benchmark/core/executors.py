@@ -8,9 +8,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from tqdm import tqdm
-
 from siftbench.benchmark.core.errors import ConfigError
+from siftbench.benchmark.core.progress import progress_bar
 from siftbench.benchmark.core.registry import Registry
 
 T = TypeVar("T")
@@ -38,14 +37,14 @@ class LocalExecutor:
     def map(self, fn: Callable[[T], R], items: Sequence[T], desc: str = "") -> list[R]:
         items = list(items)
         if self.workers <= 1 or len(items) <= 1:
-            return [fn(item) for item in tqdm(items, desc=desc, disable=not self.progress, leave=False)]
+            return [fn(item) for item in progress_bar(items, enabled=self.progress, desc=desc, leave=False)]
         import multiprocessing
 
         results: list[R | None] = [None] * len(items)
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=min(self.workers, len(items)), mp_context=context) as pool:
             futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
-            for future in tqdm(as_completed(futures), total=len(items), desc=desc, disable=not self.progress, leave=False):
+            for future in progress_bar(as_completed(futures), enabled=self.progress, total=len(items), desc=desc, leave=False):
                 results[futures[future]] = future.result()
         return results  # type: ignore[return-value]
 
@@ -123,7 +122,7 @@ class RayExecutor:
 
     def _gather(self, ray: Any, refs: list[Any], desc: str) -> list[Any]:
         pending = list(refs)
-        with tqdm(total=len(refs), desc=desc, disable=not self.progress, leave=False) as bar:
+        with progress_bar(enabled=self.progress, total=len(refs), desc=desc, leave=False) as bar:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 bar.update(len(done))

@@ -27,6 +27,7 @@ from typing import Any
 
 from siftbench.benchmark.core.atomic import write_json
 from siftbench.benchmark.core.errors import ConfigError, StageError
+from siftbench.benchmark.core.progress import progress_bar
 from siftbench.benchmark.core.scales import load_scale, typed_scale
 from siftbench.benchmark.core.versions import library_versions
 from siftbench.benchmark.stages.models import MODEL_CONFIG_DIR, register_model_configs
@@ -296,8 +297,6 @@ def _shards(shards_dir: Path) -> tuple[str, int, dict[str, Any]]:
 def _run_streaming(command: list[str], env: dict[str, str], out_dir: Path, total: int, per_epoch: int,
                    progress: bool) -> dict[str, Any]:
     """Run the trainer, copy its output to train.log, follow its progress lines, time the training loop."""
-    from tqdm.auto import tqdm
-
     out_dir.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=40)
     points: list[tuple[float, int]] = []  # (time, samples trained so far) at each progress line
@@ -305,7 +304,7 @@ def _run_streaming(command: list[str], env: dict[str, str], out_dir: Path, total
     loss = None
     t0 = time.perf_counter()
     t_loop = None
-    bar = tqdm(total=total, unit="sample", unit_scale=True, desc="train", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(enabled=progress, total=total, unit="sample", unit_scale=True, desc="train", dynamic_ncols=True)
     # Line-buffered: a killed run keeps every line, which _completed_epochs needs after a resume.
     with open(out_dir / "train.log", "a", buffering=1) as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
