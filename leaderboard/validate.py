@@ -15,7 +15,7 @@ re-evaluation step, which must load weights without unpickling (``torch.load(wei
 | task-version | a task evaluated at another version than the shipped suite has now |
 | task-score | a task whose score is not its main metric, or an ``average`` that is not the mean of the scores |
 | scale | an unknown scale, or hyperparameters that differ from the scale's (lr, batch, samples seen, ...) |
-| subset-format | subset.npy missing, pickled, not a 1-D sorted ``u8,u8`` array |
+| subset-format | subset.npy missing, pickled, not a 1-D sorted ``u8,u8`` array, or empty |
 | subset-sha256 | the sha256 recorded in results.json is not the sha256 of subset.npy |
 | subset-size | the recorded size or unique count is not the file's |
 | pool | (filtering) no pool, or not the pool results.json names (world hash / metadata fingerprint) |
@@ -339,6 +339,13 @@ def check_subset(results: Mapping[str, Any], run_dir: Path) -> tuple[np.ndarray,
             f"subset.npy is not a readable .npy file ({e})",
             "write it with siftbench.benchmark.core.uids.write_subset",
         ) from None
+    if len(uids) == 0:
+        raise SubmissionRefused(
+            run_dir,
+            "subset-format",
+            "subset.npy holds no uids: a model trained on nothing says nothing about a filter",
+            "submit a run whose filter kept at least one pair",
+        )
     recorded = _get(results, "subset.sha256", str, run_dir)
     actual = file_sha256(path)
     if recorded.lower() != actual:

@@ -152,6 +152,12 @@ def test_a_tampered_subset_is_refused_by_its_sha256(tmp_path, run, pool):
     assert "sha256" in error.problem
 
 
+def test_an_empty_subset_is_refused(tmp_path, run):
+    replace_subset(run, np.zeros(0, dtype=UID_DTYPE), record=True)
+    error = refused(run, tmp_path / "lb.sqlite", "subset-format")
+    assert "no uids" in error.problem
+
+
 def test_a_subset_size_that_does_not_match_the_file_is_refused(tmp_path, run):
     edit_results(run, lambda r: r["subset"].update(size=r["subset"]["size"] + 1))
     refused(run, tmp_path / "lb.sqlite", "subset-size")
