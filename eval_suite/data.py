@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from siftbench.benchmark.core.errors import PoolError, SiftbenchError
-from siftbench.benchmark.core.pool import iter_tar_samples
+from siftbench.benchmark.core.tars import iter_tar_samples
 
 # clip_benchmark's order of preference when a sample has several images ("0.webp": multi-view sets).
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg", "0.webp")

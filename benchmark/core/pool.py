@@ -17,8 +17,6 @@ derived arrays would need a uid -> tar index.
 from __future__ import annotations
 
 import hashlib
-import json
-import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +26,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from .errors import MissingColumnError, PoolError
+from .tars import IMAGE_EXTENSIONS, data_after_end, iter_tar_samples, sample_image, sample_uid  # noqa: F401 (moved)
 from .uids import hex_to_uids
-
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
 
 @dataclass
@@ -232,73 +229,3 @@ def _align(stored: np.ndarray, wanted: np.ndarray, path: Path) -> np.ndarray:
             "rerun `siftbench embed` to complete this shard"
         )
     return found
-
-
-def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield (key, {extension: bytes}) per sample of a webdataset tar, with the standard library.
-
-    Raises PoolError naming the tar when it is truncated or corrupt; samples read before the damage are
-    still yielded, so a caller can count what it lost.
-    """
-    path = Path(path)
-    current_key: str | None = None
-    current: dict[str, bytes] = {}
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = member.name.rsplit("/", 1)[-1]
-                key, _, ext = name.partition(".")
-                if key != current_key and current:
-                    yield current_key, current  # type: ignore[misc]
-                    current = {}
-                current_key = key
-                handle = tar.extractfile(member)
-                current[ext.lower()] = handle.read() if handle else b""
-            end = tar.offset
-    except (tarfile.TarError, EOFError, OSError) as e:
-        if current:
-            yield current_key, current  # type: ignore[misc]
-        raise PoolError(f"{path}: damaged tar ({e}); samples after this point were skipped") from e
-    if current:
-        yield current_key, current  # type: ignore[misc]
-    garbage_at = data_after_end(path, end)
-    if garbage_at is not None:
-        raise PoolError(f"{path}: damaged tar (unreadable header at byte {garbage_at}); samples after it were skipped")
-
-
-def data_after_end(path: Path, end: int) -> int | None:
-    """Offset of non-zero bytes after the archive's end, or None.
-
-    tarfile treats a garbage header in the middle of an archive as the end of the archive and stops
-    without an error, so a damaged shard would silently lose its tail. Only plain tars can be checked.
-    """
-    with open(path, "rb") as f:
-        if f.read(2) in (b"\x1f\x8b", b"BZ", b"\xfd7"):  # gzip, bzip2, xz: offsets are not file offsets
-            return None
-        f.seek(end)
-        while block := f.read(1 << 16):
-            stripped = block.lstrip(b"\0")
-            if stripped:
-                return f.tell() - len(stripped)
-    return None
-
-
-def sample_uid(sample: dict[str, bytes]) -> str | None:
-    """The uid stored in a webdataset sample's .json (DataComp's download saves it there)."""
-    raw = sample.get("json")
-    if raw is None:
-        return sample.get("uid", b"").decode() or None
-    try:
-        uid = json.loads(raw).get("uid")
-    except (ValueError, AttributeError):
-        return None
-    return str(uid) if uid is not None else None
-
-
-def sample_image(sample: dict[str, bytes]) -> tuple[str, bytes] | None:
-    for ext in IMAGE_EXTENSIONS:
-        if ext in sample:
-            return ext, sample[ext]
-    return None

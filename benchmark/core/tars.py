@@ -1,7 +1,15 @@
-"""Reading a pool's tars: members by name, straight from the headers, with a fallback for non-standard tars."""
+"""Reading webdataset tars (pool shards, eval sets): one reader for every stage.
+
+Plain ustar/GNU tars, which webdataset, img2dataset and the world write, are read from a memory map with
+their headers parsed in numpy; anything else (compressed, pax or long-name headers, bad checksums,
+truncation, data after the end) goes through the standard library's tarfile, errors included.
+"""
 
 from __future__ import annotations
 
+import json
+import mmap
+import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from string import hexdigits
@@ -9,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from siftbench.benchmark.core.pool import iter_tar_samples
+from .errors import PoolError
 
 _HEX = frozenset(hexdigits)
 
@@ -17,24 +25,26 @@ _HEX = frozenset(hexdigits)
 _COMPRESSED = (b"\x1f\x8b", b"BZ", b"\xfd7")
 
 
-def read_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """What ``iter_tar_samples`` yields, several times faster on the plain ustar/GNU tars that
-    webdataset, img2dataset and the world write: headers are parsed from a memory map instead of
-    through tarfile's per-member objects. Anything else (compressed, pax or long-name headers, a bad
-    checksum, truncation, data after the end) goes to ``iter_tar_samples``, errors included."""
-    import mmap
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
+
+def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield (key, {extension: bytes}) per sample of a webdataset tar.
+
+    Raises PoolError naming the tar when it is truncated or corrupt; samples read before the damage are
+    still yielded, so a caller can count what it lost.
+    """
     path = Path(path)
     with open(path, "rb") as f:
         size = f.seek(0, 2)
         if size == 0:
-            yield from iter_tar_samples(path)
+            yield from _tarfile_samples(path)
             return
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             members = _tar_members(mm, size)
             if members is None:
                 mm.close()
-                yield from iter_tar_samples(path)
+                yield from _tarfile_samples(path)
                 return
             current_key: str | None = None
             current: dict[str, bytes] = {}
@@ -160,3 +170,68 @@ def _checksums_match(raw: np.ndarray, offsets: Sequence[int], stored: Any) -> bo
     at = np.asarray(offsets, dtype=np.int64)[:, None]
     sums = raw[at + np.arange(512)].sum(axis=1, dtype=np.int64) - raw[at + np.arange(148, 156)].sum(axis=1, dtype=np.int64)
     return bool(np.array_equal(sums + 256, np.asarray(stored, dtype=np.int64)))
+
+
+def _tarfile_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``iter_tar_samples`` through the standard library: any tar tarfile reads, compressed ones too."""
+    current_key: str | None = None
+    current: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = member.name.rsplit("/", 1)[-1]
+                key, _, ext = name.partition(".")
+                if key != current_key and current:
+                    yield current_key, current  # type: ignore[misc]
+                    current = {}
+                current_key = key
+                handle = tar.extractfile(member)
+                current[ext.lower()] = handle.read() if handle else b""
+            end = tar.offset
+    except (tarfile.TarError, EOFError, OSError) as e:
+        if current:
+            yield current_key, current  # type: ignore[misc]
+        raise PoolError(f"{path}: damaged tar ({e}); samples after this point were skipped") from e
+    if current:
+        yield current_key, current  # type: ignore[misc]
+    garbage_at = data_after_end(path, end)
+    if garbage_at is not None:
+        raise PoolError(f"{path}: damaged tar (unreadable header at byte {garbage_at}); samples after it were skipped")
+
+
+def data_after_end(path: Path, end: int) -> int | None:
+    """Offset of non-zero bytes after the archive's end, or None.
+
+    tarfile treats a garbage header in the middle of an archive as the end of the archive and stops
+    without an error, so a damaged shard would silently lose its tail. Only plain tars can be checked.
+    """
+    with open(path, "rb") as f:
+        if f.read(2) in (b"\x1f\x8b", b"BZ", b"\xfd7"):  # gzip, bzip2, xz: offsets are not file offsets
+            return None
+        f.seek(end)
+        while block := f.read(1 << 16):
+            stripped = block.lstrip(b"\0")
+            if stripped:
+                return f.tell() - len(stripped)
+    return None
+
+
+def sample_uid(sample: dict[str, bytes]) -> str | None:
+    """The uid stored in a webdataset sample's .json (DataComp's download saves it there)."""
+    raw = sample.get("json")
+    if raw is None:
+        return sample.get("uid", b"").decode() or None
+    try:
+        uid = json.loads(raw).get("uid")
+    except (ValueError, AttributeError):
+        return None
+    return str(uid) if uid is not None else None
+
+
+def sample_image(sample: dict[str, bytes]) -> tuple[str, bytes] | None:
+    for ext in IMAGE_EXTENSIONS:
+        if ext in sample:
+            return ext, sample[ext]
+    return None

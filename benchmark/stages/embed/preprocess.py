@@ -14,7 +14,7 @@ import numpy as np
 
 from siftbench.benchmark.core.errors import PoolError
 from siftbench.benchmark.core.pool import sample_image, sample_uid
-from siftbench.benchmark.core.tars import read_tar_samples
+from siftbench.benchmark.core.tars import iter_tar_samples
 from siftbench.benchmark.stages.pixels import normalize_table, normalize_uint8
 
 _HEX = frozenset(hexdigits)
@@ -248,7 +248,7 @@ def _decode_shard(index: int, tar: Path, batcher: BatchPreprocess, tokenizer: Ca
         return item
 
     try:
-        for _, sample in read_tar_samples(tar):
+        for _, sample in iter_tar_samples(tar):
             counts["samples"] += 1
             uid = sample_uid(sample)
             if not uid:
