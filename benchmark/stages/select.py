@@ -11,11 +11,14 @@ parameter, so ``filter.fraction=0.5`` overrides work) or a composition::
 
 In a sequence each step selects among the survivors of the previous one; intersection and union let
 every step see the whole pool. Score files are uid-keyed Arrow files, one per (step, shard), written
-atomically, so a rerun skips the shards already scored.
+atomically, so a rerun skips the shards already scored. They are a cache of the config: ``stage.json``
+records what made them (every step's parameters and version, combine, seed, the pool's identity), and a
+run with anything else deletes them and starts over (``core.stage``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,9 +36,12 @@ from siftbench.benchmark.core.errors import ConfigError, PoolError
 from siftbench.benchmark.core.executors import Executor, LocalExecutor
 from siftbench.benchmark.core.filtering import Decision, Filter, SelectContext, build_filter
 from siftbench.benchmark.core.pool import Pool
+from siftbench.benchmark.core.stage import STAGE_FILE, fingerprint, stage_folder
 from siftbench.benchmark.core.uids import UID_DTYPE, write_subset
 
 COMBINE_MODES = ("sequence", "intersection", "union")
+STAGE_VERSION = 1  # bump whenever score files or the selection change for the same filters, pool and seed
+OUTPUTS = ("scores", "subset.npy", "subset_stats.json")
 
 
 @dataclass
@@ -185,19 +191,46 @@ def run_filter(
     seed: int = 0,
     executor: Executor | None = None,
 ) -> dict[str, Any]:
-    """Score and select: writes ``subset.npy`` and ``subset_stats.json`` in ``out_dir``; returns the stats."""
+    """Score and select: writes ``subset.npy`` and ``subset_stats.json`` in ``out_dir``; returns the stats.
+
+    Score files already in ``out_dir`` are reused only if the same filters, seed and pool made them;
+    otherwise they are deleted and redone. A second call into the same ``out_dir`` waits for the first.
+    """
     out_dir = Path(out_dir)
     pool = Pool.open(pool_root)
     plan = plan_from_config(filter_cfg)
-    executor = executor or LocalExecutor()
-    started = time.perf_counter()
-    score_pool(pool, plan, out_dir / "scores", executor)
-    scored = time.perf_counter()
-    # The global reduce is one task: on Ray it runs on a cluster node next to the scores, not on the driver.
-    select = partial(select_subset, pool, plan, out_dir / "scores")
-    subset, stats = executor.map(select, [seed], desc="select")[0]
-    write_subset(out_dir / "subset.npy", subset)
-    stats["seconds"] = {"score": round(scored - started, 3), "select": round(time.perf_counter() - scored, 3)}
-    stats["filter"] = plan.label
-    write_json(out_dir / "subset_stats.json", stats)
+    inputs = {"filters": plan.describe(), "combine": plan.combine, "seed": int(seed), "pool": pool_identity(pool, plan)}
+    with stage_folder(out_dir, fingerprint("select", STAGE_VERSION, inputs), on_change="restart", outputs=OUTPUTS,
+                      what="scores and a subset"):
+        executor = executor or LocalExecutor()
+        started = time.perf_counter()
+        score_pool(pool, plan, out_dir / "scores", executor)
+        scored = time.perf_counter()
+        # The global reduce is one task: on Ray it runs on a cluster node next to the scores, not on the driver.
+        select = partial(select_subset, pool, plan, out_dir / "scores")
+        subset, stats = executor.map(select, [seed], desc="select")[0]
+        write_subset(out_dir / "subset.npy", subset)
+        stats["seconds"] = {"score": round(scored - started, 3), "select": round(time.perf_counter() - scored, 3)}
+        stats["filter"] = plan.label
+        write_json(out_dir / "subset_stats.json", stats)
     return stats
+
+
+def pool_identity(pool: Pool, plan: FilterPlan) -> dict[str, Any]:
+    """What the plan reads of the pool, cheaply (a stat and a parquet footer per file, no contents):
+    ``Pool.fingerprint()`` (metadata names and row counts), plus inode, size and mtime of every metadata
+    file and of the derived files (``embeddings/<key>/``) its steps read. A file rewritten in place gets a
+    new mtime, one renamed into place (``atomic_path``) a new inode, so a regenerated pool or recomputed
+    embeddings are never passed off as the ones scored before.
+    """
+    wanted = {name for step in plan.steps for name in (*step.filter.columns(), *step.filter.embeddings())}
+    # A derived folder provides clip_<key>_similarity_score and arrays named <key>_<array> (pool.py).
+    derived = [d for d in pool.derived_dirs()
+               if f"clip_{d.name}_similarity_score" in wanted or any(w.startswith(f"{d.name}_") for w in wanted)]
+    files = [*pool.metadata_files, *sorted((pool.root / "metadata").glob("*.npz"))]
+    files += [f for d in derived for f in [*sorted(d.glob("*.npz")), d / STAGE_FILE] if f.exists()]
+    digest = hashlib.sha256()
+    for f in files:
+        stat = f.stat()
+        digest.update(f"{f.relative_to(pool.root)}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return {"metadata": pool.fingerprint(), "derived": [d.name for d in derived], "files": digest.hexdigest()}
