@@ -7,7 +7,7 @@
       metadata/{i:08d}.parquet    the input rows of the samples that are in the tar (+ key, width, height)
       metadata/{i:08d}.npz        the input's embeddings (b32_img, ...) for the same rows, when it had .npz files
       download_stats.json         successes and failures per reason over the whole pool
-      .download/config.json       what was asked (a rerun with other inputs or settings is refused)
+      stage.json                  what was asked (a rerun with other inputs or settings is refused)
       .download/img2dataset/      img2dataset's own output folder: shards are written here, then moved
 
 Settings are DataComp's: 512 px, ``keep_ratio_largest``, resized only if bigger, 8-digit shard names,
@@ -44,9 +44,10 @@ import pyarrow.parquet as pq
 
 from siftbench.benchmark.core.atomic import atomic_path, write_json
 from siftbench.benchmark.core.errors import PoolError, StageError
+from siftbench.benchmark.core.stage import fingerprint, stage_folder
 from siftbench.benchmark.core.uids import hex_to_uids
 
-FORMAT_VERSION = 1
+STAGE_VERSION = 1  # bump whenever the pool's files change for the same inputs and settings
 DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
 STAGING = ".download"
 SHARD_DIGITS = 8  # DataComp's shard names: shards/00000000.tar
@@ -150,46 +151,46 @@ def download_pool(
         "blur_faces": bool(blur_faces and "face_bboxes" in schema.names), "url_col": url_col,
         "caption_col": caption_col,
     }
-    staging = out / STAGING / "img2dataset"
     # What decides the shards' contents; where the metadata sits and how fast shards are fetched
     # (processes, threads, timeout) may change between runs.
-    _claim(out / STAGING / "config.json", {
-        "format_version": FORMAT_VERSION,
-        "inputs": [[f.name, pq.ParquetFile(f).metadata.num_rows] for f in files], "settings": settings,
-    })
-    staging.mkdir(parents=True, exist_ok=True)
-    # A finished shard's marker stays in staging too: img2dataset's incremental mode skips shards by it.
-    for shard in plan:
-        published = out / "shards" / f"{shard.name}_stats.json"
-        if published.exists() and not (staging / published.name).exists():
-            shutil.copyfile(published, staging / published.name)
-    todo = [s for s in plan if not (staging / f"{s.name}_stats.json").exists()]
+    inputs = {"metadata_files": [[f.name, pq.ParquetFile(f).metadata.num_rows] for f in files], "settings": settings}
+    with stage_folder(out, fingerprint("download", STAGE_VERSION, inputs), on_change="refuse", what="a pool",
+                      fix="download into a new folder, or delete that one to start over",
+                      check_unclaimed=_no_foreign_pool):
+        staging = out / STAGING / "img2dataset"
+        staging.mkdir(parents=True, exist_ok=True)
+        # A finished shard's marker stays in staging too: img2dataset's incremental mode skips shards by it.
+        for shard in plan:
+            published = out / "shards" / f"{shard.name}_stats.json"
+            if published.exists() and not (staging / published.name).exists():
+                shutil.copyfile(published, staging / published.name)
+        todo = [s for s in plan if not (staging / f"{s.name}_stats.json").exists()]
 
-    if todo:
-        _check_distributor(distributor)
-        _run_img2dataset(metadata_dir, staging, settings, distributor=distributor, processes=processes,
-                         threads=threads, timeout=timeout, retries=retries)
-    unpaired, cache = 0, {}
-    for shard in _iter_finished(plan, out, staging):
-        unpaired += _publish(shard, out, staging, settings, cache)
-    missing = [s.name for s in plan if not (out / "shards" / f"{s.name}_stats.json").exists()]
-    stats = _collect_stats(out, plan, schema, settings, metadata_dir)
-    stats["this_run"] = {
-        "shards_downloaded": len(todo) - len(missing), "shards_already_done": len(plan) - len(todo),
-        "rows_requested": sum(s.stop - s.start for s in todo), "distributor": distributor,
-        "processes": processes, "threads": threads, "timeout": timeout, "retries": retries,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    stats["unpaired"] = unpaired
-    stats["unfinished_shards"] = missing
-    write_json(out / "download_stats.json", stats)
-    if missing:
-        raise StageError(
-            f"download: img2dataset returned but {len(missing)} of {len(plan)} shards have no stats file "
-            f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): they failed, or the "
-            f"{distributor!r} distributor ran nothing; rerun the same command to retry them"
-        )
-    return stats
+        if todo:
+            _check_distributor(distributor)
+            _run_img2dataset(metadata_dir, staging, settings, distributor=distributor, processes=processes,
+                             threads=threads, timeout=timeout, retries=retries)
+        unpaired, cache = 0, {}
+        for shard in _iter_finished(plan, out, staging):
+            unpaired += _publish(shard, out, staging, settings, cache)
+        missing = [s.name for s in plan if not (out / "shards" / f"{s.name}_stats.json").exists()]
+        stats = _collect_stats(out, plan, schema, settings, metadata_dir)
+        stats["this_run"] = {
+            "shards_downloaded": len(todo) - len(missing), "shards_already_done": len(plan) - len(todo),
+            "rows_requested": sum(s.stop - s.start for s in todo), "distributor": distributor,
+            "processes": processes, "threads": threads, "timeout": timeout, "retries": retries,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        stats["unpaired"] = unpaired
+        stats["unfinished_shards"] = missing
+        write_json(out / "download_stats.json", stats)
+        if missing:
+            raise StageError(
+                f"download: img2dataset returned but {len(missing)} of {len(plan)} shards have no stats file "
+                f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): they failed, or the "
+                f"{distributor!r} distributor ran nothing; rerun the same command to retry them"
+            )
+        return stats
 
 
 def plan_shards(files: list[Path], samples_per_shard: int) -> list[PlannedShard]:
@@ -221,16 +222,10 @@ def _input_files(metadata_dir: Path, url_col: str, caption_col: str) -> tuple[li
     return files, schema
 
 
-def _claim(path: Path, config: dict[str, Any]) -> None:
-    if path.exists():
-        previous = json.loads(path.read_text())
-        if previous != json.loads(json.dumps(config)):
-            raise StageError(
-                f"download: {path.parent.parent} was started with other inputs or settings ({path}); "
-                "download into a new folder, or delete that one to start over"
-            )
-    else:
-        write_json(path, config)
+def _no_foreign_pool(out: Path) -> None:
+    if any((out / "shards").glob("*.tar")):
+        raise StageError(f"download: {out} already holds a pool that no stage.json describes (made by an older "
+                         "siftbench or another tool); download into a new folder, or delete that one to start over")
 
 
 def _check_distributor(distributor: str) -> None:

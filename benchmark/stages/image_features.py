@@ -2,8 +2,9 @@
 
 Filters see metadata shards, never tars, so a dedup or decontamination filter cannot hash images
 inside ``score``. This stage streams every ``shards/<name>.tar`` once and writes
-``embeddings/imagehash/<name>.npz`` (atomically, one file per tar; an existing file that holds every
-array is skipped, so a rerun resumes, and a file from an older version is redone) with, per sample:
+``embeddings/imagehash/<name>.npz`` (atomically, one file per tar; an existing file is skipped, so a
+rerun resumes; files that another version of the stage made, as its ``stage.json`` says, are all redone)
+with, per sample:
 
     uid            structured u8,u8 (core.uids)
     sha256         (rows, 4) uint64, the digest's big-endian words
@@ -35,10 +36,12 @@ import numpy as np
 
 from siftbench.benchmark.core.atomic import atomic_path, write_json
 from siftbench.benchmark.core.errors import PoolError
-from siftbench.benchmark.core.image_hashing import FEATURE_ARRAYS, hash_image_bytes
+from siftbench.benchmark.core.image_hashing import hash_image_bytes
+from siftbench.benchmark.core.stage import fingerprint, stage_folder
 from siftbench.benchmark.core.uids import UID_DTYPE, hex_to_uids
 
 FEATURE_KEY = "imagehash"
+STAGE_VERSION = 1  # bump whenever the arrays change for the same images (their files are then redone)
 COUNTS = ("samples", "no_uid", "no_image", "undecodable", "missing", "not_in_metadata", "damaged_tars",
           "skipped_existing")  # fmt: skip
 
@@ -57,14 +60,16 @@ def compute_image_features(pool_root: str | Path, executor: Any | None = None, p
         raise PoolError(f"pool {root}: no shards/*.tar to hash; image features need the pool's images")
     out_dir = root / "embeddings" / FEATURE_KEY
     executor = executor or LocalExecutor(progress=progress)
-    per_tar = executor.map(partial(_hash_tar, root, out_dir), tars, desc="image features")
-    totals: dict[str, Any] = dict.fromkeys(COUNTS, 0)
-    for stats in per_tar:
-        for key, value in stats.items():
-            if isinstance(value, int) and not isinstance(value, bool):
-                totals[key] = totals.get(key, 0) + value
-    summary = {"tars": len(tars), **totals, "per_tar": per_tar}
-    write_json(out_dir / "stats.json", summary)
+    with stage_folder(out_dir, fingerprint("image_features", STAGE_VERSION, {}), on_change="restart",
+                      outputs=("*.npz", "stats.json"), what="image features"):
+        per_tar = executor.map(partial(_hash_tar, root, out_dir), tars, desc="image features")
+        totals: dict[str, Any] = dict.fromkeys(COUNTS, 0)
+        for stats in per_tar:
+            for key, value in stats.items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    totals[key] = totals.get(key, 0) + value
+        summary = {"tars": len(tars), **totals, "per_tar": per_tar}
+        write_json(out_dir / "stats.json", summary)
     return summary
 
 
@@ -74,7 +79,7 @@ def _hash_tar(root: Path, out_dir: Path, tar: Path) -> dict[str, Any]:
     from siftbench.benchmark.core.pool import iter_tar_samples, sample_image, sample_uid
 
     target = out_dir / f"{tar.stem}.npz"
-    if target.exists() and _complete(target):
+    if target.exists():
         return {"tar": tar.name, "skipped_existing": 1}
     uids: list[str] = []
     images: list[bytes] = []
@@ -107,15 +112,6 @@ def _hash_tar(root: Path, out_dir: Path, tar: Path) -> dict[str, Any]:
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
         np.savez(f, uid=parsed, **arrays)
     return stats
-
-
-def _complete(path: Path) -> bool:
-    """An existing features file holds every array this version writes (else it is rewritten)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {"uid", *FEATURE_ARRAYS} <= set(z.files)
-    except (OSError, ValueError):
-        return False
 
 
 def _align_to(wanted: np.ndarray, have: np.ndarray, arrays: dict[str, np.ndarray]):

@@ -35,12 +35,14 @@ import numpy as np
 from siftbench.benchmark.core.atomic import atomic_path, write_json
 from siftbench.benchmark.core.errors import PoolError, StageError, SubsetError
 from siftbench.benchmark.core.pool import IMAGE_EXTENSIONS
+from siftbench.benchmark.core.stage import fingerprint, stage_folder
 from siftbench.benchmark.core.uids import UID_DTYPE, sort_uids, uid_to_words, validate_subset
 
 if TYPE_CHECKING:
     from siftbench.benchmark.core.executors import Executor
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of manifest.json
+STAGE_VERSION = 1  # bump whenever the shards change for the same inputs
 WORK_DIR = ".reshard"
 
 # One row per subset sample found in a pool tar: uid words, where its image and caption bytes are.
@@ -87,95 +89,94 @@ def reshard(
     tars = _pool_tars(pool_root)
     subset_sha = _subset_sha256(subset)
     work = out_dir / WORK_DIR
-    _claim(work, {
-        "format_version": FORMAT_VERSION, "subset_sha256": subset_sha, "seed": int(seed),
-        "samples_per_shard": int(samples_per_shard), "min_shards": int(min_shards),
-        "verify_images": bool(verify_images),
+    inputs = {
+        "subset_sha256": subset_sha, "seed": int(seed), "samples_per_shard": int(samples_per_shard),
+        "min_shards": int(min_shards), "verify_images": bool(verify_images),
         "pool_tars": [[p.name, p.stat().st_size] for p in tars],
-    }, out_dir)
-    _remove_stale_temporaries(out_dir)
-
-    wanted, counts = _unique_counts(subset)
-    wanted_path = work / "wanted.npy"
-    if not wanted_path.exists():
-        with atomic_path(wanted_path) as tmp, open(tmp, "wb") as f:
-            np.save(f, wanted, allow_pickle=False)
-
-    # 1. index, one task per pool tar
-    clock = time.perf_counter()
-    index_files = [work / "index" / f"{i:08d}.npz" for i in range(len(tars))]
-    todo = [(str(t), i, str(wanted_path), str(index_files[i])) for i, t in enumerate(tars) if not index_files[i].exists()]
-    executor.map(_index_tar, todo, desc="reshard: index pool tars")
-    entries, scan = _load_index(index_files)
-    index_s = time.perf_counter() - clock
-
-    # 2. plan
-    clock = time.perf_counter()
-    slots, plan_stats = _plan(entries, wanted, counts, seed)
-    if len(slots) == 0:
-        raise SubsetError(
-            f"reshard: none of the {len(wanted):,} subset uids occur in pool {pool_root} "
-            f"({scan['samples']:,} samples in {len(tars)} tars); is the subset from another pool?"
-        )
-    n_shards = max(min_shards, -(-len(slots) // samples_per_shard))
-    width = max(5, len(str(n_shards - 1)))
-    bounds = [(s * len(slots)) // n_shards for s in range(n_shards + 1)]
-    names = [f"{s:0{width}d}.tar" for s in range(n_shards)]
-    plan_s = time.perf_counter() - clock
-
-    # 3. write, one task per output shard
-    clock = time.perf_counter()
-    sources = [str(t) for t in tars]
-    markers = [work / "done" / f"{s:0{width}d}.json" for s in range(n_shards)]
-    todo = [(sources, slots[bounds[s]:bounds[s + 1]], str(out_dir / names[s]), str(markers[s]), verify_images)
-            for s in range(n_shards) if not (markers[s].exists() and (out_dir / names[s]).exists())]
-    executor.map(_write_shard, todo, desc="reshard: write shards")
-    done = [json.loads(m.read_text()) for m in markers]
-    write_s = time.perf_counter() - clock
-
-    damaged = {tuple(u) for d in done for u in d["damaged_uids"]}
-    written = sum(d["written"] for d in done)
-    unique_written = plan_stats["found_unique"] - len(damaged)
-    stats = {
-        "subset_rows": len(subset),
-        "subset_unique": len(wanted),
-        "subset_sha256": subset_sha,
-        "found_unique": plan_stats["found_unique"],
-        "missing_from_pool": plan_stats["missing_unique"],
-        "missing_copies": plan_stats["missing_copies"],
-        "num_samples": written,
-        "num_unique": unique_written,
-        "num_shards": n_shards,
-        "samples_per_shard": samples_per_shard,
-        "pool_tars": len(tars),
-        "pool_samples_scanned": scan["samples"],
-        "damaged_tars": scan["damaged_tars"],
-        "damaged_members": scan["damaged_members"],
-        "samples_without_uid": scan["no_uid"],
-        "incomplete_samples": scan["incomplete"],
-        "duplicate_pool_uids": plan_stats["duplicate_pool_uids"],
-        "damaged_images": len(damaged),
-        "damaged_image_copies": sum(d["damaged"] for d in done),
-        "max_copies": plan_stats["max_copies"],
-        "max_copies_in_one_shard": _max_copies_per_shard(slots, bounds),
-        "min_copy_gap": plan_stats["min_copy_gap"],
-        "seed": int(seed),
-        "workers": int(workers),
-        "wall_s": {"index": round(index_s, 3), "plan": round(plan_s, 3), "write": round(write_s, 3),
-                   "total": round(time.perf_counter() - started, 3)},
     }
-    write_json(out_dir / "manifest.json", {
-        "format_version": FORMAT_VERSION,
-        "num_samples": written,
-        "num_unique": unique_written,
-        "num_shards": n_shards,
-        "shards": names,
-        "pattern": f"{{{names[0][:-4]}..{names[-1][:-4]}}}.tar",
-        "subset_sha256": subset_sha,
-        "seed": int(seed),
-    })
-    write_json(out_dir / "stats.json", stats)
-    return stats
+    with stage_folder(out_dir, fingerprint("reshard", STAGE_VERSION, inputs), on_change="refuse", what="shards",
+                      check_unclaimed=_no_foreign_tars):
+        wanted, counts = _unique_counts(subset)
+        wanted_path = work / "wanted.npy"
+        if not wanted_path.exists():
+            with atomic_path(wanted_path) as tmp, open(tmp, "wb") as f:
+                np.save(f, wanted, allow_pickle=False)
+
+        # 1. index, one task per pool tar
+        clock = time.perf_counter()
+        index_files = [work / "index" / f"{i:08d}.npz" for i in range(len(tars))]
+        todo = [(str(t), i, str(wanted_path), str(index_files[i])) for i, t in enumerate(tars) if not index_files[i].exists()]
+        executor.map(_index_tar, todo, desc="reshard: index pool tars")
+        entries, scan = _load_index(index_files)
+        index_s = time.perf_counter() - clock
+
+        # 2. plan
+        clock = time.perf_counter()
+        slots, plan_stats = _plan(entries, wanted, counts, seed)
+        if len(slots) == 0:
+            raise SubsetError(
+                f"reshard: none of the {len(wanted):,} subset uids occur in pool {pool_root} "
+                f"({scan['samples']:,} samples in {len(tars)} tars); is the subset from another pool?"
+            )
+        n_shards = max(min_shards, -(-len(slots) // samples_per_shard))
+        width = max(5, len(str(n_shards - 1)))
+        bounds = [(s * len(slots)) // n_shards for s in range(n_shards + 1)]
+        names = [f"{s:0{width}d}.tar" for s in range(n_shards)]
+        plan_s = time.perf_counter() - clock
+
+        # 3. write, one task per output shard
+        clock = time.perf_counter()
+        sources = [str(t) for t in tars]
+        markers = [work / "done" / f"{s:0{width}d}.json" for s in range(n_shards)]
+        todo = [(sources, slots[bounds[s]:bounds[s + 1]], str(out_dir / names[s]), str(markers[s]), verify_images)
+                for s in range(n_shards) if not (markers[s].exists() and (out_dir / names[s]).exists())]
+        executor.map(_write_shard, todo, desc="reshard: write shards")
+        done = [json.loads(m.read_text()) for m in markers]
+        write_s = time.perf_counter() - clock
+
+        damaged = {tuple(u) for d in done for u in d["damaged_uids"]}
+        written = sum(d["written"] for d in done)
+        unique_written = plan_stats["found_unique"] - len(damaged)
+        stats = {
+            "subset_rows": len(subset),
+            "subset_unique": len(wanted),
+            "subset_sha256": subset_sha,
+            "found_unique": plan_stats["found_unique"],
+            "missing_from_pool": plan_stats["missing_unique"],
+            "missing_copies": plan_stats["missing_copies"],
+            "num_samples": written,
+            "num_unique": unique_written,
+            "num_shards": n_shards,
+            "samples_per_shard": samples_per_shard,
+            "pool_tars": len(tars),
+            "pool_samples_scanned": scan["samples"],
+            "damaged_tars": scan["damaged_tars"],
+            "damaged_members": scan["damaged_members"],
+            "samples_without_uid": scan["no_uid"],
+            "incomplete_samples": scan["incomplete"],
+            "duplicate_pool_uids": plan_stats["duplicate_pool_uids"],
+            "damaged_images": len(damaged),
+            "damaged_image_copies": sum(d["damaged"] for d in done),
+            "max_copies": plan_stats["max_copies"],
+            "max_copies_in_one_shard": _max_copies_per_shard(slots, bounds),
+            "min_copy_gap": plan_stats["min_copy_gap"],
+            "seed": int(seed),
+            "workers": int(workers),
+            "wall_s": {"index": round(index_s, 3), "plan": round(plan_s, 3), "write": round(write_s, 3),
+                       "total": round(time.perf_counter() - started, 3)},
+        }
+        write_json(out_dir / "manifest.json", {
+            "format_version": FORMAT_VERSION,
+            "num_samples": written,
+            "num_unique": unique_written,
+            "num_shards": n_shards,
+            "shards": names,
+            "pattern": f"{{{names[0][:-4]}..{names[-1][:-4]}}}.tar",
+            "subset_sha256": subset_sha,
+            "seed": int(seed),
+        })
+        write_json(out_dir / "stats.json", stats)
+        return stats
 
 
 def _pool_tars(pool_root: Path) -> list[Path]:
@@ -196,29 +197,10 @@ def _subset_sha256(subset: np.ndarray) -> str:
     return hashlib.sha256(buf.getvalue()).hexdigest()
 
 
-def _claim(work: Path, fingerprint: dict[str, Any], out_dir: Path) -> None:
-    """Refuse to mix shards of two different reshards in one folder; resume one with the same inputs."""
-    path = work / "fingerprint.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != fingerprint:
-            differs = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-            raise StageError(
-                f"{out_dir} holds shards of another reshard (different {', '.join(differs)}); "
-                "write to a new folder, or delete this one to start over"
-            )
-        return
-    if out_dir.is_dir() and any(p.suffix == ".tar" for p in out_dir.iterdir()):
-        raise StageError(f"{out_dir} already holds .tar files not written by reshard; choose an empty folder")
-    write_json(path, fingerprint)
-
-
-def _remove_stale_temporaries(out_dir: Path) -> None:
-    # A killed writer leaves its temp file behind (atomic_path cleans up only on exceptions).
-    for folder in (out_dir, out_dir / WORK_DIR / "index", out_dir / WORK_DIR / "done"):
-        if folder.is_dir():
-            for tmp in folder.glob(".*.tmp-*"):
-                tmp.unlink(missing_ok=True)
+def _no_foreign_tars(out_dir: Path) -> None:
+    if any(p.suffix == ".tar" for p in out_dir.iterdir()):
+        raise StageError(f"{out_dir} already holds .tar files not written by reshard (no stage.json); "
+                         "choose an empty folder")
 
 
 def _unique_counts(subset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@
       <shard>.npz          uid (u8,u8), image (N, D) float16, text (N, D) float16, similarity (N,) float32
       stats/<shard>.json   what happened to that shard's samples (counts per reason, time)
       stats.json           the totals, rewritten at the end of every call
-      model.json           which weights made these embeddings (a resume with other weights is refused)
+      stage.json           which weights made these embeddings (a resume with other weights is refused)
 
 Features are L2-normalised fp32 model outputs stored as float16; ``similarity`` is the cosine of the
 fp32 features (DataComp's ``clip_*_similarity_score``). Rows follow the tar's order and carry their
@@ -30,10 +30,12 @@ import numpy as np
 
 from siftbench.benchmark.core.atomic import atomic_path, write_json
 from siftbench.benchmark.core.errors import PoolError, StageError
+from siftbench.benchmark.core.stage import fingerprint, stage_folder
 from siftbench.benchmark.core.uids import file_sha256, hex_to_uids, isin_uids
 from siftbench.benchmark.stages.embed.preprocess import AsciiFastTokenizer, BatchPreprocess, _decode_shard
 
 _HEX = frozenset(hexdigits)
+STAGE_VERSION = 1  # bump whenever the embeddings change for the same weights and pool
 
 
 @dataclass(frozen=True)
@@ -92,23 +94,25 @@ def embed_pool(
     out = Path(out_dir) if out_dir is not None else pool_root / "embeddings" / model_key
     spec = EmbedModel(arch, None if checkpoint is None else str(checkpoint), pretrained, device)
     identity = spec.identity()
-    _claim(out, identity)
-    _remove_partial_files(out)
-    todo = [t for t in tars if not (out / f"{t.stem}.npz").exists()]
-    start = time.perf_counter()
-    if todo and executor is None:
-        embed_tars(spec.load(), todo, out, pool_root, batch_size=batch_size, device=spec.resolved_device(),
-                   num_workers=num_workers, progress=progress, done_before=len(tars) - len(todo))
-    elif todo:
-        from siftbench.benchmark.core.executors import map_with_state
+    # The weights, not where the checkpoint file sits: a moved checkpoint still resumes.
+    weights = {k: identity[k] for k in ("arch", "pretrained", "checkpoint_sha256")}
+    with stage_folder(out, fingerprint("embed", STAGE_VERSION, weights), on_change="refuse", what="embeddings",
+                      fix="use another model key or delete that folder", check_unclaimed=_no_foreign_embeddings):
+        todo = [t for t in tars if not (out / f"{t.stem}.npz").exists()]
+        start = time.perf_counter()
+        if todo and executor is None:
+            embed_tars(spec.load(), todo, out, pool_root, batch_size=batch_size, device=spec.resolved_device(),
+                       num_workers=num_workers, progress=progress, done_before=len(tars) - len(todo))
+        elif todo:
+            from siftbench.benchmark.core.executors import map_with_state
 
-        job = partial(_embed_tar_job, spec, out, pool_root, batch_size)
-        map_with_state(executor, spec.load, job, todo, desc=f"embed {model_key}")
-    stats = _collect_stats(out, tars)
-    seconds = time.perf_counter() - start
-    stats.update(model_key=model_key, model=identity, shards_embedded_now=len(todo),
-                 seconds_now=round(seconds, 3))
-    write_json(out / "stats.json", stats)
+            job = partial(_embed_tar_job, spec, out, pool_root, batch_size)
+            map_with_state(executor, spec.load, job, todo, desc=f"embed {model_key}")
+        stats = _collect_stats(out, tars)
+        seconds = time.perf_counter() - start
+        stats.update(model_key=model_key, model=identity, shards_embedded_now=len(todo),
+                     seconds_now=round(seconds, 3))
+        write_json(out / "stats.json", stats)
     return stats
 
 
@@ -281,36 +285,10 @@ def _embed_tar_job(spec: EmbedModel, out: Path, pool_root: Path, batch_size: int
     embed_tars(bundle, [tar], out, pool_root, batch_size=batch_size, device=spec.resolved_device(), progress=False)
 
 
-def _remove_partial_files(out: Path) -> None:
-    """Temporaries left by a run killed mid-write (atomic_path's ``.NAME.tmp-PID``, PID no longer running)."""
-    import os
-
-    for folder in (out, out / "stats"):
-        for tmp in folder.glob(".*.tmp-*"):
-            pid = tmp.name.rsplit("-", 1)[-1]
-            try:
-                os.kill(int(pid), 0)
-            except (ValueError, ProcessLookupError):
-                tmp.unlink(missing_ok=True)
-            except PermissionError:  # someone else's live process
-                pass
-
-
-def _claim(out: Path, identity: dict[str, Any]) -> None:
-    """Refuse to mix embeddings of different weights under one model key."""
-    marker = out / "model.json"
-    if marker.exists():
-        import json
-
-        before = json.loads(marker.read_text())
-        same = ("arch", "pretrained", "checkpoint_sha256")
-        if any(before.get(k) != identity[k] for k in same):
-            raise StageError(
-                f"{out} holds embeddings of {({k: before.get(k) for k in same})}, not of "
-                f"{({k: identity[k] for k in same})}; use another model key or delete that folder"
-            )
-        return
-    write_json(marker, identity)
+def _no_foreign_embeddings(out: Path) -> None:
+    if any(out.glob("*.npz")):
+        raise StageError(f"{out} holds embeddings that no stage.json describes (made by an older siftbench or "
+                         "another tool); use another model key or delete that folder")
 
 
 def _collect_stats(out: Path, tars: Sequence[Path]) -> dict[str, Any]:
