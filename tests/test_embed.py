@@ -287,8 +287,9 @@ def test_fast_tokenizer_gives_open_clips_tokens():
 
 
 def test_killed_embed_resumes_without_recomputing_finished_shards(tmp_path: Path, checkpoint: Path):
-    """SIGKILL `siftbench embed` once its first shard is written, rerun it: finished shards are kept
-    as they are (same inode and mtime), none is half-written, and the rest is embedded."""
+    """SIGKILL `siftbench embed` once its first shard is written, rerun it: the killed process's lock on
+    the folder died with it (the rerun does not wait), finished shards are kept as they are (same inode and
+    mtime), none is half-written, and the rest is embedded."""
     import os
     import signal
     import subprocess
@@ -314,7 +315,8 @@ def test_killed_embed_resumes_without_recomputing_finished_shards(tmp_path: Path
     for name in done:  # every file under its final name is complete
         assert load_npz(out / name)["uid"].shape == (48,)
 
-    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, timeout=300)
+    assert "in use by" not in rerun.stderr
     stats = json.loads(rerun.stdout)
     assert stats["shards_embedded_now"] == 8 - len(done) and stats["shards_done"] == 8
     assert stats["samples"] == stats["embedded"] == 8 * 48

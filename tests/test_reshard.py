@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import signal
+import subprocess
+import sys
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -15,7 +18,7 @@ from pool_factory import make_tiny_pool
 
 from siftbench.benchmark.core.errors import PoolError, StageError, SubsetError
 from siftbench.benchmark.core.pool import iter_tar_samples, sample_uid
-from siftbench.benchmark.core.uids import hex_to_uids, sort_uids, uids_to_hex
+from siftbench.benchmark.core.uids import hex_to_uids, sort_uids, uids_to_hex, write_subset
 from siftbench.benchmark.stages import reshard as reshard_mod
 from siftbench.benchmark.stages.reshard import reshard
 
@@ -117,6 +120,47 @@ def test_rerun_after_a_crash_finishes_only_the_missing_work(pool, tmp_path, monk
     reshard(root, subset, out, seed=1, samples_per_shard=30, progress=False)
 
     assert calls == {"_index_tar": 1, "_write_shard": 1}
+    assert not list(out.glob(".*.tmp-*"))
+    reference = {p.name: p.read_bytes() for p in (tmp_path / "reference").glob("*.tar")}
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == reference
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_reshard_resumes_at_once_and_rewrites_no_finished_shard(pool, tmp_path, monkeypatch, capsys):
+    """A real kill -9 of a process holding the folder, in the middle of its third shard: the lock dies with
+    it, so the rerun does not wait; it writes only the shards not finished and removes the dead temporary."""
+    root, uids = pool
+    subset = subset_with_repeats(uids)
+    write_subset(tmp_path / "subset.npy", subset)
+    out = tmp_path / "out"
+    reshard(root, subset, tmp_path / "reference", seed=1, samples_per_shard=20, progress=False)
+    die_in_third_shard = f"""
+import os, signal
+from siftbench.benchmark.core.uids import read_subset
+from siftbench.benchmark.stages import reshard as r
+
+write, calls = r._write_shard, []
+def write_shard(task):
+    calls.append(1)
+    if len(calls) == 3:  # its first member goes in, and the process dies with the tar half written
+        r._add = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+    return write(task)
+r._write_shard = write_shard
+r.reshard({str(root)!r}, read_subset({str(tmp_path / "subset.npy")!r}), {str(out)!r}, seed=1, samples_per_shard=20,
+          progress=False)
+"""
+    killed = subprocess.run([sys.executable, "-c", die_in_third_shard], capture_output=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.tar")}
+    assert sorted(finished) == ["00000.tar", "00001.tar"] and len(list(out.glob(".*.tmp-*"))) == 1
+
+    calls = Counter()
+    original = reshard_mod._write_shard
+    monkeypatch.setattr(reshard_mod, "_write_shard", lambda task: (calls.update(["write"]), original(task))[1])
+    stats = reshard(root, subset, out, seed=1, samples_per_shard=20, progress=False)
+    assert "in use by" not in capsys.readouterr().err
+    assert calls["write"] == stats["num_shards"] - 2
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.tar") if p.name in finished} == finished
     assert not list(out.glob(".*.tmp-*"))
     reference = {p.name: p.read_bytes() for p in (tmp_path / "reference").glob("*.tar")}
     assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == reference
