@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -247,7 +248,7 @@ def _check_distributor(distributor: str) -> None:
 def _run_img2dataset(metadata_dir: Path, staging: Path, settings: dict[str, Any], *, distributor: str,
                      processes: int, threads: int, timeout: int, retries: int) -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import otherwise
-    from img2dataset import download
+    from img2dataset import download  # heavy, optional (siftbench[download])
 
     bbox_col = "face_bboxes" if settings["blur_faces"] else None
     previous_handler = signal.getsignal(signal.SIGINT)
@@ -276,7 +277,7 @@ def _ray_session(distributor: str, processes: int) -> Iterator[None]:
     if distributor != "ray":
         yield
         return
-    import ray
+    import ray  # heavy, optional (siftbench[ray])
 
     owned = not ray.is_initialized()
     if owned:
@@ -395,8 +396,6 @@ def _pool_columns(picked: pa.Table, results: list[dict[str, Any]], settings: dic
 
 def _collect_stats(out: Path, plan: list[PlannedShard], schema: pa.Schema, settings: dict[str, Any],
                    metadata_dir: Path) -> dict[str, Any]:
-    from importlib.metadata import version
-
     statuses: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     messages: Counter[str] = Counter()

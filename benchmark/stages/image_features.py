@@ -33,10 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from siftbench.benchmark.core.atomic import atomic_path, write_json
 from siftbench.benchmark.core.errors import PoolError
+from siftbench.benchmark.core.executors import LocalExecutor
 from siftbench.benchmark.core.image_hashing import hash_image_bytes
+from siftbench.benchmark.core.pool import iter_tar_samples, sample_image, sample_uid
 from siftbench.benchmark.core.stage import fingerprint, stage_folder
 from siftbench.benchmark.core.uids import UID_DTYPE, hex_to_uids
 
@@ -52,8 +55,6 @@ def compute_image_features(pool_root: str | Path, executor: Any | None = None, p
     Resumable per tar. A damaged tar or undecodable image is counted (``damaged_tars``,
     ``undecodable``), never fatal; rows the metadata lists but the tar lacks are ``missing``.
     """
-    from siftbench.benchmark.core.executors import LocalExecutor
-
     root = Path(pool_root)
     tars = sorted((root / "shards").glob("*.tar"))
     if not tars:
@@ -74,10 +75,6 @@ def compute_image_features(pool_root: str | Path, executor: Any | None = None, p
 
 
 def _hash_tar(root: Path, out_dir: Path, tar: Path) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
-    from siftbench.benchmark.core.pool import iter_tar_samples, sample_image, sample_uid
-
     target = out_dir / f"{tar.stem}.npz"
     if target.exists():
         return {"tar": tar.name, "skipped_existing": 1}

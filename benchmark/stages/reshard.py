@@ -28,18 +28,16 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from siftbench.benchmark.core.atomic import atomic_path, write_json
 from siftbench.benchmark.core.errors import PoolError, StageError, SubsetError
-from siftbench.benchmark.core.pool import IMAGE_EXTENSIONS
+from siftbench.benchmark.core.executors import Executor, LocalExecutor
+from siftbench.benchmark.core.pool import IMAGE_EXTENSIONS, data_after_end
 from siftbench.benchmark.core.stage import fingerprint, stage_folder
 from siftbench.benchmark.core.uids import UID_DTYPE, sort_uids, uid_to_words, validate_subset
-
-if TYPE_CHECKING:
-    from siftbench.benchmark.core.executors import Executor
 
 FORMAT_VERSION = 1  # of manifest.json
 STAGE_VERSION = 1  # bump whenever the shards change for the same inputs
@@ -76,8 +74,6 @@ def reshard(
     ``executor`` (default: local processes, ``workers`` of them) runs the index and write tasks.
     Returns the stats, also written to ``out_dir/stats.json``; ``out_dir/manifest.json`` lists the shards.
     """
-    from siftbench.benchmark.core.executors import LocalExecutor
-
     executor = executor or LocalExecutor(workers=workers, progress=progress)
     started = time.perf_counter()
     pool_root, out_dir = Path(pool_root), Path(out_dir)
@@ -234,8 +230,6 @@ def _wanted_sorted(path: str) -> np.ndarray:
 
 def _index_tar(task: tuple[str, int, str, str]) -> None:
     """Scan one pool tar; save the subset's samples (uid, byte ranges) and what was damaged or incomplete."""
-    from siftbench.benchmark.core.pool import data_after_end
-
     tar_path, src, wanted_path, out_path = task
     path = Path(tar_path)
     counts: Counter[str] = Counter()
@@ -418,7 +412,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _image_ok(data: bytes) -> bool:
-    from PIL import Image
+    from PIL import Image  # optional (siftbench[ml]); only image checks need it
 
     try:
         with Image.open(io.BytesIO(data)) as im:

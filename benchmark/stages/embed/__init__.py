@@ -16,6 +16,7 @@ atomically after its stats, so it is the shard's completion marker: a rerun skip
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -27,12 +28,17 @@ from string import hexdigits
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from siftbench.benchmark.core.atomic import atomic_path, write_json
 from siftbench.benchmark.core.errors import PoolError, StageError
+from siftbench.benchmark.core.executors import map_with_state
 from siftbench.benchmark.core.stage import fingerprint, stage_folder
 from siftbench.benchmark.core.uids import file_sha256, hex_to_uids, isin_uids
 from siftbench.benchmark.stages.embed.preprocess import AsciiFastTokenizer, BatchPreprocess, _decode_shard
+from siftbench.benchmark.stages.models import load_model
+from siftbench.benchmark.stages.train import torch_threads, usable_cores
 
 _HEX = frozenset(hexdigits)
 STAGE_VERSION = 1  # bump whenever the embeddings change for the same weights and pool
@@ -56,13 +62,11 @@ class EmbedModel:
         """``auto``: the GPU when this process sees one (a Ray GPU actor, a GPU box), else the CPU."""
         if self.device != "auto":
             return self.device
-        import torch
+        import torch  # heavy, optional (siftbench[ml])
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def load(self) -> tuple[Any, Callable, Callable]:
-        from siftbench.benchmark.stages.models import load_model
-
         return load_model(self.arch, checkpoint=self.checkpoint, pretrained=self.pretrained,
                           device=self.resolved_device())
 
@@ -104,8 +108,6 @@ def embed_pool(
             embed_tars(spec.load(), todo, out, pool_root, batch_size=batch_size, device=spec.resolved_device(),
                        num_workers=num_workers, progress=progress, done_before=len(tars) - len(todo))
         elif todo:
-            from siftbench.benchmark.core.executors import map_with_state
-
             job = partial(_embed_tar_job, spec, out, pool_root, batch_size)
             map_with_state(executor, spec.load, job, todo, desc=f"embed {model_key}")
         stats = _collect_stats(out, tars)
@@ -129,12 +131,8 @@ def embed_tars(
     done_before: int = 0,
 ) -> None:
     """Embed these tars with an already loaded (model, preprocess, tokenizer) into ``out``."""
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from siftbench.benchmark.stages.train import torch_threads
-
+    import torch  # heavy, optional (siftbench[ml])
+    from torch.utils.data import DataLoader  # torch: heavy, optional
     model, preprocess, tokenizer = bundle
     tokenizer = AsciiFastTokenizer.wrap(tokenizer)
     model = model.to(device).eval()
@@ -169,7 +167,7 @@ def embed_tars(
 @contextmanager
 def _intra_op_threads(threads: int) -> Iterator[None]:
     """torch's intra-op threads set to ``threads`` for the block, and set back after it."""
-    import torch
+    import torch  # heavy, optional (siftbench[ml])
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -196,7 +194,7 @@ class _Shard:
         self.text.append(text)
 
     def finish(self, out: Path, pool_root: Path | None, counts: Counter) -> None:
-        import torch
+        import torch  # heavy, optional (siftbench[ml])
 
         image = torch.cat(self.image).numpy() if self.image else np.zeros((0, self.dim), np.float32)
         text = torch.cat(self.text).numpy() if self.text else np.zeros((0, self.dim), np.float32)
@@ -204,8 +202,6 @@ class _Shard:
         metadata = pool_root / "metadata" / f"{self.tar.stem}.parquet" if pool_root is not None else None
         if metadata is not None and metadata.exists():
             # Metadata uids the tar lacks get NaN rows, so the Pool reader can join every uid of the shard.
-            import pyarrow.parquet as pq
-
             listed = hex_to_uids(pq.read_table(metadata, columns=["uid"]).column("uid"))
             absent = listed[~isin_uids(listed, uids)]
             if len(absent):
@@ -229,8 +225,8 @@ class _Shard:
 def _encode(model: Any, device: str, dim: int, batcher: BatchPreprocess, uids: list[str], images: Any,
             image_rows: list[int], tokens: Any, text_rows: list[int]) -> tuple[list[str], Any, Any]:
     """Unit fp32 features on CPU for one batch; rows without an image (or caption) stay NaN."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # heavy, optional (siftbench[ml])
+    import torch.nn.functional as F  # torch: heavy, optional
 
     def run(encode: Callable, inputs: Any, rows: list[int]) -> Any:
         features = torch.full((len(uids), dim), float("nan"))
@@ -248,11 +244,11 @@ def _shard_batches(tars: list[Path], preprocess: Callable, tokenizer: Callable, 
     """An IterableDataset of ("batch", shard index, uids, images, image rows, tokens, text rows) items and
     one ("end", shard index, counts) per shard; DataLoader workers take whole shards. ``normalize_later``:
     images stay uint8 where BatchPreprocess can (``BatchPreprocess.to_device`` finishes them)."""
-    from torch.utils.data import IterableDataset
+    from torch.utils.data import IterableDataset  # torch: heavy, optional
 
     class ShardBatches(IterableDataset):
         def __iter__(self) -> Iterator[tuple]:
-            from torch.utils.data import get_worker_info
+            from torch.utils.data import get_worker_info  # torch: heavy, optional
 
             info = get_worker_info()
             worker, workers = (info.id, info.num_workers) if info else (0, 1)
@@ -274,8 +270,6 @@ def default_decode_workers(device: str) -> int:
     resolved = EmbedModel("", None, None, device).resolved_device()
     if resolved == "cpu":
         return 0
-    from siftbench.benchmark.stages.train import usable_cores
-
     return max(1, min(16, usable_cores() - 1))
 
 
@@ -293,8 +287,6 @@ def _no_foreign_embeddings(out: Path) -> None:
 
 def _collect_stats(out: Path, tars: Sequence[Path]) -> dict[str, Any]:
     """Totals over every shard's stats file (including shards embedded by earlier calls)."""
-    import json
-
     totals: Counter = Counter()
     reasons: Counter = Counter()
     damaged: list[str] = []
