@@ -14,6 +14,7 @@ import pytest
 from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.executors import LocalExecutor
 from siftbench.benchmark.core.filtering import SelectContext, build_filter
+from siftbench.benchmark.core.sampling import systematic_counts
 from siftbench.benchmark.core.uids import file_sha256, hex_to_uids, read_subset, uids_to_hex
 from siftbench.benchmark.stages.select import run_filter
 from siftbench.filters._concepts import ConceptMatcher
@@ -243,8 +244,6 @@ def test_metaclip_budget_parameters_are_checked(params, match):
 
 
 def test_systematic_counts_are_exact_fair_and_order_free():
-    from siftbench.filters.metaclip_balance import systematic_counts
-
     rng = np.random.default_rng(3)
     weight, draw = rng.random(500) ** 3, rng.random(500)
     counts = systematic_counts(weight, 1234, draw, seed=7)
