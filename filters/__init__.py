@@ -1,16 +1,10 @@
-"""Built-in filtering strategies, one module each; importing this package registers them by name."""
+"""Built-in filtering strategies, one file each. Importing this package imports every public module in
+it (``_name.py`` modules are private helpers), and each registers its filter by name: a new filter is
+one new file."""
 
-from . import (  # noqa: F401
-    basic,
-    clip_score,
-    concept_match,
-    diversity_balance,
-    eval_decontam,
-    exact_dedup,
-    image_based,
-    metaclip_balance,
-    no_filter,
-    perceptual_dedup,
-    random_subset,
-    semantic_dedup,
-)
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from siftbench.benchmark.core.errors import ConfigError
-from siftbench.benchmark.core.filtering import Decision, Filter, SelectContext, register_filter
+from siftbench.benchmark.core.filtering import Decision, Filter, SelectContext, from_source, register_filter
 from siftbench.benchmark.core.image_hashing import hash_image_bytes, mirror_thumbnails, sha256_valid
 from siftbench.benchmark.core.pool import ShardBatch, iter_tar_samples, sample_image
 
@@ -46,7 +46,7 @@ class EvalDecontam(Filter):
     contamination per task; the notes add how each copy was found.
     """
 
-    eval_root: str | None = None
+    eval_root: str | None = from_source("eval_root")
     tasks: list[str] | None = None
     sha256: bool = True
     thumbnail_radius: float | None = 8.0

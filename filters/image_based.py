@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from siftbench.benchmark.core.errors import ConfigError
-from siftbench.benchmark.core.filtering import Decision, Filter, SelectContext, register_filter
+from siftbench.benchmark.core.filtering import Decision, Filter, SelectContext, from_source, register_filter
 from siftbench.benchmark.core.pool import ShardBatch
 
 from ._embeddings import embedding_frame, embedding_matrix
@@ -22,13 +22,14 @@ class ImageBased(Filter):
 
     DataComp clustered L/14 image embeddings (k = 100,000 for 12.8M, 20 iterations, seed 0) and used
     ImageNet-1k training images as targets. Here ``targets`` is a ``.npy`` of (m, dim) embeddings made
-    by the same model as ``embedding`` (on the world: the clean reference images, filled in by the
-    runner; text embeddings of concept prompts fall into a few clusters across the modality gap); ``n_clusters`` defaults to DataComp's ratio, one per 128 samples.
+    by the same model as ``embedding`` (on the world, its source fills in the scorer's embeddings of the
+    clean reference images; text embeddings of concept prompts fall into a few clusters across the modality
+    gap); ``n_clusters`` defaults to DataComp's ratio, one per 128 samples.
     k-means sees rows in uid order, so the clusters do not depend on shard order.
     """
 
     embedding: str = "l14_img"
-    targets: str = ""
+    targets: str | None = from_source("image_targets")
     n_clusters: int | None = None
     iterations: int = 20
     seed: int = 0

@@ -3,7 +3,9 @@
     python scripts/behaviour_fingerprints.py OUT_DIR > fingerprints.txt
 
 One line per output, `<name> <sha256>`:
-- `filter/<config>`: subset.npy of every configs/filter/*.yaml on the default world at seed 0;
+- `filter/<config>`: subset.npy of every `filter=<name>` (configs/filter/*.yaml, and each registered filter's
+  dataclass defaults) on the default world at seed 0; a filter whose defaults need a parameter (concept_match:
+  a vocabulary) has no default subset and no line;
 - `toy/...`: the reshard manifest, every training shard and eval_results.jsonl of one `toy` run
   (clip_score on the toy world, seed 0).
 Run it before and after a change on an empty cache (SIFTBENCH_CACHE) and diff the two lists. Training is a
@@ -17,10 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from siftbench.benchmark.experiment.config import compose_config
-from siftbench.benchmark.experiment.runner import resolve_pool, select_stage
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "filter"
+from siftbench.benchmark.core.errors import ConfigError
+from siftbench.benchmark.experiment.config import compose_config, options
+from siftbench.benchmark.experiment.runner import pool_source, select_stage
 
 
 def sha256(path: Path) -> str:
@@ -28,13 +29,15 @@ def sha256(path: Path) -> str:
 
 
 def main(out: Path) -> None:
-    for config in sorted(CONFIGS.glob("*.yaml")):
-        cfg = compose_config([f"filter={config.stem}", "seed=0"])
-        pool_root, world = resolve_pool(cfg)
-        run_dir = out / "filter" / config.stem
+    for name in options("filter"):
+        cfg = compose_config([f"filter={name}", "seed=0"])
+        run_dir = out / "filter" / name
         run_dir.mkdir(parents=True, exist_ok=True)
-        select_stage(cfg, pool_root, world, run_dir)
-        print(f"filter/{config.stem} {sha256(run_dir / 'subset.npy')}", flush=True)
+        try:
+            select_stage(cfg, pool_source(cfg), run_dir)
+        except ConfigError:
+            continue  # its defaults need a parameter; a config that lost a line shows in the diff
+        print(f"filter/{name} {sha256(run_dir / 'subset.npy')}", flush=True)
 
     runs = out / "runs"
     subprocess.run(["siftbench", "run", "filter=clip_score", "scale=toy", "world=toy", "seed=0", "name=toy",

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from siftbench.benchmark.core.errors import ConfigError
+from siftbench.benchmark.core.pool import Pool
 from siftbench.benchmark.core.results import load_results
 from siftbench.benchmark.core.uids import file_sha256, read_subset
 from siftbench.benchmark.experiment.config import compose_config
-from siftbench.benchmark.experiment.runner import run_experiment
+from siftbench.benchmark.experiment.runner import pool_source, run_experiment, select_stage
+from siftbench.benchmark.world import default_cache_dir
 
 TOY = ["world=toy", "scale=toy", "scorer.samples_seen=3072", "scorer.global_batch=64"]
 
@@ -53,14 +55,48 @@ def test_oracle_draws_only_clean_pairs_to_clip_scores_size(runs):
     stats = json.loads((runs["oracle"] / "subset_stats.json").read_text())
     diag = stats["diagnostics"]
     assert all(d["kept"] == 0 for d in diag["defects"].values())
-    assert stats["kept"] == stats["pool_size"] // 2 > diag["subset_unique"]  # every object alike: rare ones repeat
-    assert stats["filters"][0]["params"] == {"resample_t": 1, "pool_fraction": 0.5}
+    # every object alike: rare ones repeat
+    assert stats["subset_rows"] == stats["pool_size"] // 2 > diag["subset_unique"] == stats["kept"]
+    params = stats["filters"][0]["params"]
+    assert params["resample_t"] == 1 and params["pool_fraction"] == 0.5
+    assert params["ground_truth"].endswith("ground_truth.parquet")  # handed over by the world, a registered filter
 
 
 def test_oracle_parameters_are_checked(runs):
     cfg = compose_config([*TOY, "filter=oracle", "+filter.t=5", f"runs_dir={runs['oracle'].parent}", "name=bad-oracle"])
-    with pytest.raises(ConfigError, match=r"filter=oracle: unknown parameter\(s\) \['t'\]"):
+    with pytest.raises(ConfigError, match=r"filter 'oracle': unknown parameter\(s\) \['t'\]"):
         run_experiment(cfg, progress=False)
+
+
+@pytest.mark.parametrize(("value", "message"), [("abc", "fraction='abc' is a str"), ("true", "fraction=True is a bool")])
+def test_an_ill_typed_filter_parameter_fails_before_anything_runs(tmp_path, value, message):
+    worlds = set((default_cache_dir() / "worlds").glob("*"))
+    cfg = compose_config(["world=toy", "world.pool_size=1234", "scale=toy", "filter=clip_score",
+                          f"filter.fraction={value}", f"runs_dir={tmp_path}"])  # fmt: skip
+    with pytest.raises(ConfigError, match=f"filter 'clip_score': {message}, expected float \\| None"):
+        run_experiment(cfg, progress=False)
+    assert [p.name for p in (tmp_path / "clip_score-toy-s0").iterdir()] == ["config.yaml"]
+    assert set((default_cache_dir() / "worlds").glob("*")) == worlds  # no world generated for it
+
+
+def test_the_oracle_on_a_real_pool_is_refused_before_anything_runs(runs, tmp_path):
+    world = pool_source(compose_config(TOY)).world
+    cfg = compose_config([*TOY, "filter=oracle", f"pool={world.pool_dir}", f"eval_root={world.eval_dir}",
+                          f"runs_dir={tmp_path}"])  # fmt: skip
+    with pytest.raises(ConfigError, match="filter 'oracle' needs the embedded world's ground truth, which a real pool"):
+        run_experiment(cfg, progress=False)
+    assert [p.name for p in (tmp_path / "oracle-toy-s0").iterdir()] == ["config.yaml"]
+
+
+def test_a_real_pool_runs_the_same_filter_without_world_diagnostics(runs, tmp_path):
+    """The world's pool given as pool=...: the same clip_score subset, its metadata fingerprint as identity."""
+    world_run = runs["clip_score"]
+    cfg = compose_config([*TOY, "filter=clip_score", f"pool={pool_source(compose_config(TOY)).pool_dir}"])
+    source = pool_source(cfg)
+    stats = select_stage(cfg, source, tmp_path)
+    assert (tmp_path / "subset.npy").read_bytes() == (world_run / "subset.npy").read_bytes()
+    assert "diagnostics" not in stats and source.world_identity() is None
+    assert source.pool_identity()["hash"] == Pool.open(source.pool_dir).fingerprint()
 
 
 def test_report_lists_tasks_and_defects(runs):
@@ -91,19 +127,11 @@ def test_a_run_folder_of_another_experiment_is_refused_not_reused(runs):
 
 
 def test_image_based_on_the_world_aims_at_the_reference_images(runs, tmp_path):
-    from siftbench.benchmark.experiment.runner import resolve_pool, select_stage
-
     cfg = compose_config([*TOY, "filter=image_based_clip", f"runs_dir={tmp_path}"])
-    pool_root, world = resolve_pool(cfg)
-    stats = select_stage(cfg, pool_root, world, tmp_path)
+    source = pool_source(cfg)
+    stats = select_stage(cfg, source, tmp_path)
     targets = np.load(stats["filters"][1]["params"]["targets"])
-    reference = len(read_subset_uids(world.reference_dir))
+    reference = len(Pool.open(source.world.reference_dir).all_uids())
     assert targets.shape == (reference, 128) and np.isfinite(targets).all()  # the scorer's 128-d space
     clip, image_based = stats["steps"]
     assert image_based["kept"] > 0 and stats["kept"] <= clip["kept"]  # an intersection
-
-
-def read_subset_uids(pool_dir):
-    from siftbench.benchmark.core.pool import Pool
-
-    return Pool.open(pool_dir).all_uids()

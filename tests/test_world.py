@@ -16,15 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from siftbench.benchmark.core.errors import ConfigError, SubsetError
+from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.pool import Pool, iter_tar_samples
 from siftbench.benchmark.core.uids import (
     UID_DTYPE,
     hex_to_uids,
     isin_uids,
     sort_uids,
-    uids_to_hex,
-    validate_subset,
 )
 from siftbench.benchmark.world import DEFECTS, World, ensure_world, generate, generate_world, resolve_config
 from siftbench.benchmark.world.render import render_real_digit, sklearn_digits
@@ -242,42 +240,12 @@ def test_non_english_captions_are_caught_by_language_id(toy: World, pool_samples
     assert np.mean(hits) >= 0.95
 
 
-# -- oracle and diagnostics ------------------------------------------------------------------------------
+# -- diagnostics (the oracle filter: test_filters_oracle.py) ----------------------------------------------
 
 
-def test_oracle_subset_is_exactly_the_clean_pairs(toy: World):
-    oracle = validate_subset(toy.oracle_subset())
-    assert oracle.dtype == UID_DTYPE
+def test_diagnostics_of_the_clean_pairs_and_of_everything(toy: World):
     gt = toy.ground_truth()
-    clean = hex_to_uids(gt.loc[gt["defect"] == "clean", "uid"].to_numpy())
-    assert np.array_equal(oracle, sort_uids(clean))
-    defective = set(gt.loc[gt["defect"] != "clean", "uid"])
-    assert len(defective) == 1500 - len(oracle)
-    assert not defective & {f"{int(a):016x}{int(b):016x}" for a, b in oracle}
-
-
-def test_resampled_oracle_draws_clean_pairs_evenly_over_their_true_objects(toy: World):
-    gt = toy.ground_truth()
-    clean = gt[gt["defect"] == "clean"]
-    objects = clean["shape"].where(clean["kind"] == "shape", clean["kind"])
-    counts = objects.value_counts()
-    t = float(counts.median())
-    oracle = validate_subset(toy.oracle_subset(resample_t=t, size=700, seed=3))
-    assert len(oracle) == 700 and len(np.unique(oracle)) < 700  # repeats: the tail is drawn more than once
-    drawn = objects.set_axis(clean["uid"]).loc[uids_to_hex(oracle)].value_counts()
-    # Each object's expected share: its count capped at t, over the capped total.
-    share = counts.clip(upper=t) / counts.clip(upper=t).sum() * 700
-    assert (drawn.reindex(share.index, fill_value=0) - share).abs().max() <= 0.02 * 700
-    assert set(drawn.index) == set(counts.index)
-    assert np.array_equal(oracle, toy.oracle_subset(resample_t=t, size=700, seed=3))
-    assert not np.array_equal(oracle, toy.oracle_subset(resample_t=t, size=700, seed=4))
-    assert isin_uids(oracle, toy.oracle_subset()).all()  # clean pairs only
-    with pytest.raises(SubsetError, match="resample_t=0"):
-        toy.oracle_subset(resample_t=0, size=700)
-
-
-def test_diagnostics_of_the_oracle_and_of_everything(toy: World):
-    oracle = toy.diagnostics(toy.oracle_subset())
+    oracle = toy.diagnostics(sort_uids(hex_to_uids(gt.loc[gt["defect"] == "clean", "uid"].to_numpy())))
     for defect in DEFECTS:
         assert oracle["defects"][defect]["recall"] == 1.0, defect
     assert oracle["clean"]["removed"] == 0 and oracle["clean"]["false_removal_rate"] == 0.0

@@ -1,20 +1,27 @@
 """The filter contract: a per-shard map that computes values, a global reduce that decides.
 
-A filter is a dataclass registered by name. ``score`` is a pure function of one metadata shard
-(columns + embeddings) returning per-row values; ``select`` runs once over the values of every row
-still in the running and returns which rows to keep and why the others were dropped. Everything
-else (parallelism, stats, resume, composition) lives in the pipeline, not in the filter.
+A filter is a dataclass registered by name; its fields are its parameters, type-checked when a config is
+built (``build_filter``). ``score`` is a pure function of one metadata shard (columns + embeddings)
+returning per-row values; ``select`` runs once over the values of every row still in the running and
+returns which rows to keep and why the others were dropped. Everything else (parallelism, stats, resume,
+composition) lives in the pipeline, not in the filter. What only the pool's source can give (the eval
+images' folder, target embeddings, the world's ground truth) a filter declares with ``from_source``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
 from .pool import ShardBatch
@@ -110,20 +117,108 @@ class Filter:
         return {"name": self.name, "version": self.version, "params": self.params()}
 
 
-def build_filter(name: str, params: dict[str, Any] | None = None) -> Filter:
-    """Instantiate a registered filter; unknown parameters are a ConfigError listing the known ones."""
+def from_source(resource: str) -> Any:
+    """A parameter the pool source fills in when the config leaves it null, e.g.
+    ``ground_truth: str | None = from_source("ground_truth")`` (see core/source.py for the names)."""
+    return dataclasses.field(default=None, metadata={"resource": resource})
+
+
+def source_fields(cls: type[Filter]) -> dict[str, str]:
+    """Parameter name -> the resource the pool source fills it with."""
+    return {f.name: f.metadata["resource"] for f in dataclasses.fields(cls) if "resource" in f.metadata}
+
+
+def default_params(cls: type[Filter]) -> dict[str, Any]:
+    """A filter's parameters at their dataclass defaults (``???`` where a field has none): its default config."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+        else:
+            out[f.name] = MISSING
+    return out
+
+
+def config_steps(filter_cfg: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The filter steps of a config: its ``steps``, or the config itself when it names one filter."""
+    return list(filter_cfg.get("steps", [filter_cfg]))
+
+
+def filter_class(name: str) -> type[Filter]:
     cls = FILTERS.get(name)
     if not cls.name:  # registered through an entry point rather than @register_filter
         cls.name = name
-    params = dict(params or {})
+    return cls
+
+
+def check_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters, each checked against (and converted to) its field's type by OmegaConf's rules:
+    ``fraction=abc`` or ``fraction=true`` for a ``float | None`` is a ConfigError naming both."""
+    cls = filter_class(name)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - known)
     if unknown:
         raise ConfigError(f"filter {name!r}: unknown parameter(s) {unknown}; it takes {sorted(known) or 'none'}")
+    schema, types = _schema(cls)
+    checked = {}
+    for key, value in params.items():
+        if isinstance(value, str) and value == MISSING:
+            raise ConfigError(f"filter {name!r}: {key} has no default; set filter.{key}=<{types[key]}>")
+        try:
+            checked[key] = OmegaConf.to_container(OmegaConf.merge(schema, {key: value}))[key]
+        except OmegaConfBaseException:
+            raise ConfigError(f"filter {name!r}: {key}={value!r} is a {type(value).__name__}, "
+                              f"expected {types[key]}") from None  # fmt: skip
+        if isinstance(checked[key], list) and _is_tuple(_hints(cls).get(key)):
+            checked[key] = tuple(checked[key])  # OmegaConf holds any sequence as a list
+    return checked
+
+
+def build_filter(name: str, params: Mapping[str, Any] | None = None) -> Filter:
+    """Instantiate a registered filter; unknown or ill-typed parameters are a ConfigError."""
+    cls = filter_class(name)
     try:
-        return cls(**params)
+        return cls(**check_params(name, params or {}))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"filter {name!r}: {e}") from None
+
+
+def check_filter_config(filter_cfg: Mapping[str, Any]) -> None:
+    """Every step names a registered filter and gives it known parameters of the right types (nothing is
+    built, so a run fails on a typo before it generates, trains or scores anything)."""
+    for step in config_steps(filter_cfg):
+        if step.get("name"):
+            check_params(step["name"], {k: v for k, v in step.items() if k != "name"})
+
+
+def _is_tuple(hint: Any) -> bool:
+    return typing.get_origin(hint) is tuple or any(typing.get_origin(a) is tuple for a in typing.get_args(hint))
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation that does not resolve: its field is not checked
+        return {}
+
+
+@functools.cache
+def _schema(cls: type[Filter]) -> tuple[Any, dict[str, str]]:
+    """OmegaConf's structured config of a filter's fields (a type OmegaConf cannot check is left as Any),
+    and each field's type as a readable name."""
+    fields, names = [], {}
+    for f in dataclasses.fields(cls):
+        hint = _hints(cls).get(f.name, Any)
+        try:
+            OmegaConf.structured(dataclasses.make_dataclass("Field", [(f.name, hint, MISSING)]))
+        except (OmegaConfBaseException, ValueError, TypeError):
+            hint = Any
+        fields.append((f.name, hint, dataclasses.field(default=MISSING)))
+        names[f.name] = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+    return OmegaConf.structured(dataclasses.make_dataclass(f"{cls.__name__}Params", fields)), names
 
 
 def uid_random(uids: np.ndarray, seed: int) -> np.ndarray:

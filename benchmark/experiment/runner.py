@@ -7,44 +7,62 @@ Each stage skips work whose output already exists, so rerunning a crashed run re
 
 from __future__ import annotations
 
-import platform
+import json
 import subprocess
 import time
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+from omegaconf import OmegaConf
 
 from siftbench.benchmark.core.atomic import write_json, write_text
 from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.executors import make_executor
-from siftbench.benchmark.core.pool import Pool
+from siftbench.benchmark.core.filtering import check_filter_config
 from siftbench.benchmark.core.results import SCHEMA_VERSION, validate_results
-from siftbench.benchmark.core.uids import file_sha256, read_subset, write_subset
+from siftbench.benchmark.core.scales import check_scale, resolved_scale
+from siftbench.benchmark.core.source import DataCompPool, PoolSource, fill_resources
+from siftbench.benchmark.core.uids import file_sha256, read_subset
+from siftbench.benchmark.core.versions import library_versions, package_version
 from siftbench.benchmark.experiment.config import import_plugins, to_dict
+from siftbench.benchmark.experiment.plots import write_filter_plots
+from siftbench.benchmark.stages.evaluate import evaluate_checkpoint
+from siftbench.benchmark.stages.image_features import compute_image_features
+from siftbench.benchmark.stages.reshard import reshard
 from siftbench.benchmark.stages.select import plan_from_config, run_filter
+from siftbench.benchmark.stages.train import train
+from siftbench.benchmark.world import WorldSource
+from siftbench.eval_suite import load_suite, summarize, write_eval_results_jsonl
+
+# What results.json records the versions of, beside Python's.
+LIBRARIES = ("torch", "open_clip_torch", "webdataset", "numpy", "pandas", "pyarrow", "hydra-core")
 
 
 def run_name(cfg: Any) -> str:
     return cfg.name or f"{cfg.filter.get('name', 'pipeline')}-{cfg.scale.name}-s{cfg.seed}"
 
 
-def resolve_pool(cfg: Any) -> tuple[Path, Any | None]:
-    """The pool to filter: a user's DataComp pool, or the embedded world (generated once, cached)."""
+def pool_source(cfg: Any) -> PoolSource:
+    """Where the pool comes from: a user's DataComp pool (``pool=...``), or the embedded world (generated once,
+    cached) with its scorer."""
     if cfg.pool:
-        return Path(cfg.pool), None
-    from siftbench.benchmark.world import ensure_world
+        return DataCompPool(Path(cfg.pool), Path(cfg.eval_root) if cfg.eval_root else None)
+    return WorldSource.open(to_dict(cfg.world), to_dict(cfg.scorer), device=cfg.device, eval_root=cfg.eval_root)
 
-    world = ensure_world(to_dict(cfg.world))
-    return Path(world.pool_dir), world
+
+def checked_filter_config(cfg: Any) -> dict[str, Any]:
+    """The run's filter config, with the user's plugins imported and every step's name and parameters checked."""
+    import_plugins(cfg.get("plugins", []))
+    filter_cfg = to_dict(cfg.filter)
+    check_filter_config(filter_cfg)
+    return filter_cfg
 
 
 def run_experiment(cfg: Any, progress: bool = True) -> Path:
     """Filter -> reshard -> train -> evaluate, in ``runs_dir/<name>/``; returns the run directory."""
-    from omegaconf import OmegaConf
-
     timings: dict[str, float] = {}
     run_dir = Path(cfg.runs_dir) / run_name(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -53,29 +71,26 @@ def run_experiment(cfg: Any, progress: bool = True) -> Path:
     write_text(run_dir / "config.yaml", config_yaml)
     say = print if progress else (lambda *a, **k: None)
 
-    from siftbench.benchmark.core.scales import check_scale, resolved_scale
-    from siftbench.benchmark.stages.evaluate import evaluate_checkpoint
-    from siftbench.benchmark.stages.reshard import reshard
-    from siftbench.benchmark.stages.train import train
-    from siftbench.eval_suite import load_suite, summarize, write_eval_results_jsonl
-
-    clock = time.perf_counter()
-    pool_root, world = resolve_pool(cfg)
-    timings["world"] = time.perf_counter() - clock
-    say(f"[siftbench] {run_dir.name}: pool {pool_root}")
-    # A bad scale override or a missing eval set must fail now, not after minutes of filtering and training.
+    # A bad filter parameter or scale override, or a missing eval set, must fail now, not after minutes of
+    # generating, filtering and training.
+    filter_cfg = checked_filter_config(cfg)
     scale = resolved_scale(to_dict(cfg.scale))
-    suite = load_suite(cfg.eval.name, root=eval_root(cfg, world))
+    clock = time.perf_counter()
+    source = pool_source(cfg)
+    timings["world"] = time.perf_counter() - clock
+    say(f"[siftbench] {run_dir.name}: pool {source.pool_dir}")
+    suite = load_suite(cfg.eval.name, root=source.eval_root())
+    filter_cfg = fill_resources(filter_cfg, source)  # e.g. the oracle on a real pool is refused here
 
     clock = time.perf_counter()
-    subset_stats = select_stage(cfg, pool_root, world, run_dir)
+    subset_stats = select_stage(cfg, source, run_dir, filter_cfg)
     timings["filter"] = time.perf_counter() - clock
     say(f"[siftbench] {run_dir.name}: kept {subset_stats['kept']:,} of {subset_stats['pool_size']:,} pairs")
 
     subset = read_subset(run_dir / "subset.npy")
     clock = time.perf_counter()
     shard_stats = reshard(
-        pool_root, subset, run_dir / "shards", seed=int(cfg.seed),
+        source.pool_dir, subset, run_dir / "shards", seed=int(cfg.seed),
         # webdataset 0.2.86 raises when a process has fewer shards than loader workers.
         min_shards=max(2, int(scale["workers"]) * int(cfg.nproc)), progress=progress,
         # On Ray (executor=ray) reshard's index and write tasks run on the cluster; locally, in this process.
@@ -101,7 +116,7 @@ def run_experiment(cfg: Any, progress: bool = True) -> Path:
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "git_revision": git_revision(),
             "siftbench_version": package_version("siftbench"),
-            "library_versions": library_versions(),
+            "library_versions": library_versions(LIBRARIES),
             "wall_times_s": {k: round(v, 2) for k, v in timings.items()},
         },
         "scale": {"name": cfg.scale.name, "hyperparameters": scale, "comparable": scale["comparable"] and not check_scale(scale, cfg.scale.name)},
@@ -113,8 +128,8 @@ def run_experiment(cfg: Any, progress: bool = True) -> Path:
             "sha256": file_sha256(run_dir / "subset.npy"),
             "missing_from_pool": int(shard_stats.get("missing_from_pool", 0)),
         },
-        "pool": pool_identity(pool_root, world),
-        "world": {"version": world.version, "hash": world.content_hash} if world is not None else None,
+        "pool": source.pool_identity(),
+        "world": source.world_identity(),
         "suite": suite.identity(),
         "model": {"arch": scale["model"], "checkpoint": str(Path(checkpoint).relative_to(run_dir.resolve()))
                   if Path(checkpoint).is_relative_to(run_dir.resolve()) else str(checkpoint)},
@@ -138,8 +153,6 @@ EXECUTION_KEYS = ("executor", "device", "nproc", "runs_dir", "name", "plugins")
 
 def check_same_experiment(run_dir: Path, config_yaml: str) -> None:
     """Stages skip outputs that exist, so a run folder made by another experiment would be reused silently."""
-    import yaml
-
     previous_path = run_dir / "config.yaml"
     if not previous_path.exists():
         return
@@ -160,98 +173,27 @@ def _flat_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def select_stage(cfg: Any, pool_root: Path, world: Any | None, run_dir: Path) -> dict[str, Any]:
-    """Write subset.npy + subset_stats.json (skipped when both exist); on the world, add diagnostics."""
+def select_stage(cfg: Any, source: PoolSource, run_dir: Path, filter_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write subset.npy + subset_stats.json (skipped when both exist), with the source's diagnostics of the subset."""
     stats_path = run_dir / "subset_stats.json"
     if (run_dir / "subset.npy").exists() and stats_path.exists():
-        import json
-
         return json.loads(stats_path.read_text())
-    filter_cfg = to_dict(cfg.filter)
-    import_plugins(cfg.get("plugins", []))
-    if filter_cfg.get("name") == "oracle":
-        if world is None:
-            raise ConfigError("filter=oracle needs the embedded world's ground truth; it has no meaning on a real pool")
-        pool_size = len(Pool.open(pool_root))
-        params = {k: v for k, v in filter_cfg.items() if k != "name"}
-        known = {"resample_t", "pool_fraction"}
-        if unknown := sorted(set(params) - known):
-            raise ConfigError(f"filter=oracle: unknown parameter(s) {unknown}; it takes {sorted(known)}")
-        fraction = params.get("pool_fraction")
-        size = None if fraction is None else max(1, int(pool_size * float(fraction)))
-        subset = world.oracle_subset(params.get("resample_t"), size=size, seed=int(cfg.seed))
-        write_subset(run_dir / "subset.npy", subset)
-        stats: dict[str, Any] = {
-            "pool_size": pool_size, "kept": len(subset), "kept_fraction": len(subset) / pool_size,
-            "combine": "sequence", "steps": [], "filter": "oracle",
-            "filters": [{"name": "oracle", "version": world.version, "params": params}],
-        }
-    else:
-        if world is not None:
-            fill_eval_root(filter_cfg, world)
-            fill_image_based_targets(filter_cfg, cfg, world)
-        plan = plan_from_config(filter_cfg)
-        executor = make_executor(to_dict(cfg.executor))
-        if world is not None:
-            ensure_world_scores(cfg, world, plan)
-        if any(e.startswith("imagehash_") for s in plan.steps for e in s.filter.embeddings()):
-            from siftbench.benchmark.stages.image_features import compute_image_features
-
-            compute_image_features(pool_root, executor=executor)  # resumable: a no-op once done
-        stats = run_filter(pool_root, filter_cfg, run_dir, seed=int(cfg.seed), executor=executor)
-        stats["filters"] = plan.describe()
-    if world is not None:
-        stats["diagnostics"] = world.diagnostics(read_subset(run_dir / "subset.npy"))
-    from siftbench.benchmark.experiment.plots import write_filter_plots
-
+    if filter_cfg is None:
+        filter_cfg = fill_resources(checked_filter_config(cfg), source)
+    plan = plan_from_config(filter_cfg)
+    executor = make_executor(to_dict(cfg.executor))
+    wanted = [c for s in plan.steps for c in (*s.filter.columns(), *s.filter.embeddings())]
+    source.prepare(wanted)
+    if any(w.startswith("imagehash_") for w in wanted):
+        compute_image_features(source.pool_dir, executor=executor)  # resumable: a no-op once done
+    stats = run_filter(source.pool_dir, filter_cfg, run_dir, seed=int(cfg.seed), executor=executor)
+    stats["filters"] = plan.describe()
+    diagnostics = source.diagnostics(read_subset(run_dir / "subset.npy"))
+    if diagnostics is not None:
+        stats["diagnostics"] = diagnostics
     stats["plots"] = [str(p.relative_to(run_dir)) for p in write_filter_plots(run_dir, run_dir / "scores", stats)]
     write_json(stats_path, stats)
     return stats
-
-
-def fill_eval_root(filter_cfg: dict[str, Any], world: Any) -> None:
-    """Steps that match against the eval images (eval_root: null) use the world's eval suite."""
-    steps = filter_cfg.get("steps", [filter_cfg])
-    for step in steps:
-        if "eval_root" in step and step["eval_root"] is None:
-            step["eval_root"] = str(world.eval_dir)
-
-
-def fill_image_based_targets(filter_cfg: dict[str, Any], cfg: Any, world: Any) -> None:
-    """image_based steps on the world's scorer embedding (targets: null) aim at the clean reference images."""
-    for step in filter_cfg.get("steps", [filter_cfg]):
-        if step.get("name") == "image_based" and not step.get("targets"):
-            if step.get("embedding") != f"{cfg.scorer.name}_img":
-                raise ConfigError(f"image_based: targets is empty and embedding {step.get('embedding')!r} is not the "
-                                  f"world scorer's ({cfg.scorer.name}_img); give targets=<.npy of target embeddings>")
-            from siftbench.benchmark.world.scorer import reference_image_targets
-
-            step["targets"] = str(reference_image_targets(world, to_dict(cfg.scorer), device=cfg.device))
-
-
-def ensure_world_scores(cfg: Any, world: Any, plan: Any) -> None:
-    """Compute the world scorer's embeddings when a filter asks for them (they are cached in the world)."""
-    key = cfg.scorer.name
-    wanted = [c for s in plan.steps for c in (*s.filter.columns(), *s.filter.embeddings())]
-    if any(w in (f"clip_{key}_similarity_score", f"{key}_img", f"{key}_txt") for w in wanted):
-        from siftbench.benchmark.world.scorer import ensure_scorer
-
-        ensure_scorer(world, to_dict(cfg.scorer), device=cfg.device)
-
-
-def eval_root(cfg: Any, world: Any | None) -> Path:
-    if cfg.eval_root:
-        return Path(cfg.eval_root)
-    if world is None:
-        raise ConfigError("a real pool has no built-in eval sets: pass eval_root=<folder with the suite's datasets>")
-    return Path(world.eval_dir)
-
-
-def pool_identity(pool_root: Path, world: Any | None) -> dict[str, Any]:
-    """Size and identity of the pool: the world's content hash, or a fingerprint of the metadata."""
-    pool = Pool.open(pool_root)
-    return {"path": str(pool_root), "size": len(pool),
-            "hash": world.content_hash if world is not None else pool.fingerprint()}
 
 
 def git_revision() -> str | None:
@@ -261,18 +203,6 @@ def git_revision() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def library_versions() -> dict[str, str | None]:
-    names = ["torch", "open_clip_torch", "webdataset", "numpy", "pandas", "pyarrow", "hydra-core"]
-    return {"python": platform.python_version(), **{n: package_version(n) for n in names}}
 
 
 def render_report(results: dict[str, Any], subset_stats: dict[str, Any]) -> str:

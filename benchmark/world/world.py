@@ -1,7 +1,8 @@
-"""The handle on a generated world: its folders, its ground truth, the oracle subset, and diagnostics.
+"""The handle on a generated world: its folders, its ground truth, and diagnostics of a subset.
 
-Filters never read ``ground_truth.parquet``; the harness does, to report per-defect precision and recall
-of a subset and to build the oracle (the clean pairs alone), the reference of "oracle gap closed".
+No strategy reads ``ground_truth.parquet``: the harness does, to report per-defect precision and recall of
+a subset, and the oracle filter (filters/oracle.py, a reference, never a strategy) is handed its path to
+draw the clean pairs alone, the reference of "oracle gap closed".
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from siftbench.benchmark.core.errors import SiftbenchError, SubsetError
-from siftbench.benchmark.core.uids import UID_DTYPE, hex_to_uids, sort_uids
+from siftbench.benchmark.core.uids import UID_DTYPE, hex_to_uids
 
 from .config import DEFECTS
 
@@ -80,31 +81,6 @@ class World:
             table = pq.read_table(self.ground_truth_path)
             self._ground_truth = table.to_pandas(types_mapper={pa.int8(): pd.Int8Dtype()}.get)
         return self._ground_truth.copy()
-
-    def oracle_subset(self, resample_t: float | None = None, size: int | None = None, seed: int = 0) -> np.ndarray:
-        """The clean pairs only (every defect out, duplicates and eval copies too), as a DataComp subset.
-
-        With ``resample_t``, the clean pairs are drawn as clip_resample draws its candidates (MetaCLIP's
-        keep probability t / max(count, t), systematic sampling to ``size`` rows with repeats), with each
-        pair's true object as its concept (its shape, or "digit"). t = 1 gives every object the same
-        share of the draws: what a filter with a perfect scorer would pick if it balanced fully.
-        """
-        gt = self.ground_truth()
-        clean = gt[gt["defect"] == "clean"]
-        uids = hex_to_uids(clean["uid"].to_numpy())
-        if resample_t is None:
-            return sort_uids(uids)
-        if not float(resample_t) >= 1 or (size is not None and int(size) < 1):
-            raise SubsetError(f"oracle: resample_t={resample_t} and size={size} must be positive counts")
-        from siftbench.benchmark.core.filtering import uid_random
-        from siftbench.filters.metaclip_balance import concept_keep_rate, systematic_counts
-
-        objects = clean["shape"].where(clean["kind"] == "shape", clean["kind"]).to_numpy(dtype=str)
-        names, concept = np.unique(objects, return_inverse=True)
-        counts = np.bincount(concept, minlength=len(names)).astype(np.float64)
-        keep = concept_keep_rate(counts, float(resample_t))[concept]
-        repeats = systematic_counts(keep, len(uids) if size is None else int(size), uid_random(uids, seed), seed)
-        return sort_uids(np.repeat(uids, repeats))
 
     def diagnostics(self, subset: np.ndarray) -> dict[str, Any]:
         """What a subset kept and removed, per planted defect, against the ground truth.
