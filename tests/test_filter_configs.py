@@ -1,35 +1,94 @@
-"""Every configs/filter/*.yaml composes with Hydra and builds its filters (compositions included)."""
+"""Every `filter=<name>` composes with Hydra and builds its filters (compositions included): the YAMLs of
+configs/filter/ and, for a registered filter without one, its dataclass defaults. Parameters are
+type-checked when the filters are built."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+import pandas as pd
 import pytest
 
-from siftbench.benchmark.experiment.config import compose_config, options, to_dict
+from siftbench.benchmark.core.errors import ConfigError
+from siftbench.benchmark.core.filtering import FILTERS, default_params
+from siftbench.benchmark.core.source import fill_resources
+from siftbench.benchmark.experiment.config import CONFIG_DIR, compose_config, options, to_dict
 from siftbench.benchmark.stages.select import plan_from_config
+
+# What a filter's defaults leave for the user to give.
+REQUIRED = {"concept_match": ["filter.vocabulary=[circle,square]"]}
+
+
+class Resources:
+    """A pool source's resources, as files a filter can open."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+
+    def resource(self, name: str, step: Mapping[str, Any]) -> str:
+        return str(self.base / {"eval_root": "eval", "image_targets": "targets.npy",
+                                "ground_truth": "ground_truth.parquet"}[name])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def source(tmp_path_factory) -> Resources:
     base = tmp_path_factory.mktemp("cfg")
     (base / "eval" / "shapes" / "test").mkdir(parents=True)
     (base / "eval" / "shapes" / "test" / "0.tar").write_bytes(b"")
     np.save(base / "targets.npy", np.ones((2, 4), np.float32))
-    return base
+    pd.DataFrame({"uid": ["00" * 16], "defect": ["clean"], "kind": ["shape"], "shape": ["circle"]}).to_parquet(
+        base / "ground_truth.parquet")
+    return Resources(base)
 
 
-@pytest.mark.parametrize("name", [n for n in options("filter") if not n.startswith("oracle")])
-def test_filter_config_builds(name, inputs):
-    overrides = [f"filter={name}", f"eval_root={inputs / 'eval'}"]
-    cfg = to_dict(compose_config(overrides).filter)
-    for step in cfg.get("steps", [cfg]):
-        if step["name"] == "image_based":
-            step["targets"] = str(inputs / "targets.npy")
+@pytest.mark.parametrize("name", options("filter"))
+def test_filter_config_builds(name, source):
+    cfg = fill_resources(to_dict(compose_config([f"filter={name}", *REQUIRED.get(name, [])]).filter), source)
     plan = plan_from_config(cfg)
     assert plan.steps and all(s.filter.name for s in plan.steps)
 
 
-def test_clip_dedup_balance_is_the_documented_sequence(inputs):
+def test_every_registered_filter_has_a_config():
+    assert set(FILTERS.names()) <= set(options("filter"))
+
+
+@pytest.mark.parametrize("name", sorted(set(FILTERS.imported()) - {p.stem for p in (CONFIG_DIR / "filter").glob("*.yaml")}))
+def test_a_filter_without_a_yaml_gets_its_dataclass_defaults(name):
+    cfg = to_dict(compose_config([f"filter={name}"]).filter)
+    assert cfg == {"name": name, **default_params(FILTERS.get(name))}
+
+
+def test_defaults_can_be_overridden_without_a_plus():
+    cfg = to_dict(compose_config(["filter=basic", "filter.min_words=4"]).filter)
+    assert cfg == {"name": "basic", "language": "en", "min_words": 4, "min_chars": 6, "min_side": 200, "max_aspect": 3.0}
+    with pytest.raises(ConfigError, match="min_wrds"):
+        compose_config(["filter=basic", "filter.min_wrds=4"])  # a typo is not a new parameter
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("filter.fraction=abc", "filter 'clip_score': fraction='abc' is a str, expected float | None"),
+    ("filter.fraction=true", "filter 'clip_score': fraction=True is a bool, expected float | None"),
+    ("filter.column=[a,b]", "filter 'clip_score': column=['a', 'b'] is a list, expected str"),
+])  # fmt: skip
+def test_ill_typed_parameters_name_the_filter_field_value_and_type(override, message):
+    with pytest.raises(ConfigError, match=message.replace("|", r"\|").replace("[", r"\[").replace("]", r"\]")):
+        plan_from_config(to_dict(compose_config(["filter=clip_score", override]).filter))
+
+
+def test_parameters_are_converted_to_their_field_types():
+    cfg = to_dict(compose_config(["filter=dedup", "filter.steps.1.radius=8", "filter.steps.1.mirror=false"]).filter)
+    dedup = plan_from_config(cfg).steps[1].filter
+    assert dedup.radius == 8.0 and isinstance(dedup.radius, float) and dedup.mirror is False
+    with pytest.raises(ConfigError, match=r"filter 'perceptual_dedup': mirror='sometimes' is a str, expected bool"):
+        plan_from_config({"name": "perceptual_dedup", "mirror": "sometimes"})
+    with pytest.raises(ConfigError, match=r"filter 'eval_decontam': tasks='shapes' is a str, expected list\[str\] \| None"):
+        plan_from_config({"name": "eval_decontam", "eval_root": "x", "tasks": "shapes"})
+
+
+def test_clip_dedup_balance_is_the_documented_sequence():
     cfg = to_dict(compose_config(["filter=clip_dedup_balance", "subset_fraction=0.3"]).filter)
     plan = plan_from_config(cfg)
     assert plan.combine == "sequence"

@@ -57,6 +57,12 @@ class Registry(Generic[T]):
         self._load()
         return sorted(self._items)
 
+    def imported(self) -> list[str]:
+        """The names whose object is already imported (built-ins, decorated classes); lazy targets such as
+        entry points are left out, so listing these never imports a third-party package."""
+        self._load()
+        return sorted(k for k, v in self._items.items() if not isinstance(v, str))
+
     def __contains__(self, name: str) -> bool:
         self._load()
         return name in self._items
