@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from siftbench.benchmark.core.pool import Pool, iter_tar_samples, sample_uid
+from siftbench.benchmark.core.pool import Pool
+from siftbench.benchmark.core.tars import iter_tar_samples, sample_uid
 from siftbench.benchmark.core.uids import read_subset, uids_to_hex
 from siftbench.benchmark.experiment.cli import main
 from siftbench.benchmark.stages.download import failure_reason

@@ -17,7 +17,8 @@ from PIL import Image  # noqa: E402
 
 from siftbench.benchmark.core.errors import PoolError, StageError  # noqa: E402
 from siftbench.benchmark.core.executors import LocalExecutor  # noqa: E402
-from siftbench.benchmark.core.pool import Pool, iter_tar_samples  # noqa: E402
+from siftbench.benchmark.core.pool import Pool  # noqa: E402
+from siftbench.benchmark.core.tars import iter_tar_samples  # noqa: E402
 from siftbench.benchmark.core.uids import UID_DTYPE, hex_to_uids  # noqa: E402
 from siftbench.benchmark.perf.embed_throughput import benchmark_embed_throughput  # noqa: E402
 from siftbench.benchmark.stages.embed import embed_pool  # noqa: E402

@@ -17,7 +17,7 @@ import pytest
 from pool_factory import make_tiny_pool
 
 from siftbench.benchmark.core.errors import PoolError, StageError, SubsetError
-from siftbench.benchmark.core.pool import iter_tar_samples, sample_uid
+from siftbench.benchmark.core.tars import iter_tar_samples, sample_uid
 from siftbench.benchmark.core.uids import hex_to_uids, sort_uids, uids_to_hex, write_subset
 from siftbench.benchmark.stages import reshard as reshard_mod
 from siftbench.benchmark.stages.reshard import reshard

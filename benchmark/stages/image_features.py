@@ -39,8 +39,8 @@ from siftbench.benchmark.core.atomic import atomic_path, write_json
 from siftbench.benchmark.core.errors import PoolError
 from siftbench.benchmark.core.executors import LocalExecutor
 from siftbench.benchmark.core.image_hashing import hash_image_bytes
-from siftbench.benchmark.core.pool import iter_tar_samples, sample_image, sample_uid
 from siftbench.benchmark.core.stage import fingerprint, stage_folder
+from siftbench.benchmark.core.tars import iter_tar_samples, sample_image, sample_uid
 from siftbench.benchmark.core.uids import UID_DTYPE, hex_to_uids
 
 FEATURE_KEY = "imagehash"

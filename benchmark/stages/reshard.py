@@ -35,8 +35,8 @@ import numpy as np
 from siftbench.benchmark.core.atomic import atomic_path, write_json
 from siftbench.benchmark.core.errors import PoolError, StageError, SubsetError
 from siftbench.benchmark.core.executors import Executor, LocalExecutor
-from siftbench.benchmark.core.pool import IMAGE_EXTENSIONS, data_after_end
 from siftbench.benchmark.core.stage import fingerprint, stage_folder
+from siftbench.benchmark.core.tars import IMAGE_EXTENSIONS, data_after_end
 from siftbench.benchmark.core.uids import UID_DTYPE, sort_uids, uid_to_words, validate_subset
 
 FORMAT_VERSION = 1  # of manifest.json
