@@ -8,14 +8,16 @@ output depends only on their rows, so running them in worker processes changes n
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
-from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
+
+from siftbench.benchmark.core.versions import library_versions
 
 from .config import DEFECTS, config_hash, resolve_config
 from .layout import shard_key, tree_hash, write_eval_task, write_ground_truth, write_json, write_pool_shard
@@ -130,7 +132,8 @@ def _write_world(cfg: dict[str, Any], root: Path, workers: int | None, progress:
         "concepts": {"shape_weights": shape_weights(cfg), "tail_shapes": tail_shapes(cfg)},
         "config": cfg,
         "files": dict(sorted(digests.items())),
-        "generated_with": _library_versions(),  # informative only; not part of the content hash
+        # Informative only; not part of the content hash.
+        "generated_with": library_versions(("numpy", "pillow", "pyarrow", "scikit-learn")),
     }
     write_json(where, "world.json", manifest)
 
@@ -138,8 +141,6 @@ def _write_world(cfg: dict[str, Any], root: Path, workers: int | None, progress:
 def _run(
     jobs: list[Callable[[], dict[str, str]]], workers: int | None, progress: bool
 ) -> list[dict[str, str]]:
-    from tqdm.auto import tqdm
-
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
     bar = partial(tqdm, total=len(jobs), desc="world shards", unit="shard", disable=not progress)
     if workers <= 1:
@@ -150,13 +151,3 @@ def _run(
 
 def _call(job: Callable[[], dict[str, str]]) -> dict[str, str]:
     return job()
-
-
-def _library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("numpy", "pillow", "pyarrow", "scikit-learn"):
-        try:
-            out[name] = package_version(name)
-        except Exception:  # an unusual install without metadata; the world is still usable
-            out[name] = "unknown"
-    return out

@@ -19,7 +19,13 @@ from siftbench.benchmark.core.atomic import atomic_path, write_json
 from siftbench.benchmark.core.errors import StageError
 from siftbench.benchmark.core.filtering import uid_random
 from siftbench.benchmark.core.pool import Pool
+from siftbench.benchmark.core.scales import load_scale
 from siftbench.benchmark.core.uids import sort_uids
+from siftbench.benchmark.stages.embed import embed_pool
+from siftbench.benchmark.stages.reshard import reshard
+from siftbench.benchmark.stages.train import train
+
+from .generate import ensure_world
 
 
 def scorer_fingerprint(scorer_cfg: dict[str, Any]) -> str:
@@ -28,8 +34,6 @@ def scorer_fingerprint(scorer_cfg: dict[str, Any]) -> str:
 
 def ensure_scorer(world: Any, scorer_cfg: dict[str, Any], device: str = "cpu", workers: int = 1) -> str:
     """Train (once) and apply (once) the scorer; return its model key, e.g. ``scorer``."""
-    from siftbench.benchmark.stages.embed import embed_pool
-
     name = scorer_cfg["name"]
     fingerprint = scorer_fingerprint(scorer_cfg)
     checkpoint = train_scorer(world, scorer_cfg, device=device)
@@ -47,10 +51,6 @@ def scorer_folder(world: Any, scorer_cfg: dict[str, Any]) -> Path:
 
 
 def train_scorer(world: Any, scorer_cfg: dict[str, Any], device: str = "cpu") -> Path:
-    from siftbench.benchmark.core.scales import load_scale
-    from siftbench.benchmark.stages.reshard import reshard
-    from siftbench.benchmark.stages.train import train
-
     folder = scorer_folder(world, scorer_cfg)
     reference = Pool.open(world.reference_dir)
     uids = reference.all_uids()
@@ -78,8 +78,6 @@ def reference_image_targets(world: Any, scorer_cfg: dict[str, Any], device: str 
     of what the evaluation asks about; the reference set plays that part here. (Text embeddings of concept
     prompts were tried first: the gap between the text and image sides of a CLIP space sent all 106
     prompts to a few clusters, 16% of the pool.)"""
-    from siftbench.benchmark.stages.embed import embed_pool
-
     folder = scorer_folder(world, scorer_cfg)
     path = folder / "reference_image_targets.npy"
     if path.exists():
@@ -104,8 +102,6 @@ def reference_image_targets(world: Any, scorer_cfg: dict[str, Any], device: str 
 def world_scorer_checkpoint(world_cfg: dict[str, Any], scorer: dict[str, Any], arch: str) -> Path:
     """The embedded world's scoring model (``--pretrained world``): trained on the clean reference set
     once and cached in the world folder, as ``siftbench run`` does before clip_score."""
-    from siftbench.benchmark.world import ensure_world
-
     if scorer["arch"] != arch:
         raise StageError(f"the world's scoring model is a {scorer['arch']!r}, not {arch!r}: pass --model {scorer['arch']}")
     return Path(train_scorer(ensure_world(world_cfg), scorer))
