@@ -23,13 +23,11 @@ published shards and lets img2dataset's incremental mode fetch only the shards t
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import shutil
 import signal
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -46,6 +44,7 @@ import pyarrow.parquet as pq
 from siftbench.benchmark.core.atomic import atomic_path, write_json
 from siftbench.benchmark.core.errors import PoolError, StageError
 from siftbench.benchmark.core.stage import fingerprint, stage_folder
+from siftbench.benchmark.core.tars import iter_tar_samples, sample_uid
 from siftbench.benchmark.core.uids import hex_to_uids
 
 STAGE_VERSION = 1  # bump whenever the pool's files change for the same inputs and settings
@@ -367,18 +366,8 @@ def _located(filename: str, staging: Path, shards_dir: Path) -> Path:
 
 
 def _tar_uids(path: Path) -> dict[str, str]:
-    """key -> uid for every sample of the tar that has an image, reading only the small members."""
-    images: set[str] = set()
-    uids: dict[str, str] = {}
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            key, _, ext = member.name.rsplit("/", 1)[-1].partition(".")
-            if ext == "jpg":
-                images.add(key)
-            elif ext == "json":
-                handle = tar.extractfile(member)
-                uids[key] = str(json.loads(handle.read()).get("uid")) if handle else ""
-    return {k: uids.get(k, "") for k in images}
+    """key -> uid for every sample of the tar that has an image (img2dataset writes .jpg)."""
+    return {key: sample_uid(sample) or "" for key, sample in iter_tar_samples(path) if "jpg" in sample}
 
 
 def _pool_columns(picked: pa.Table, results: list[dict[str, Any]], settings: dict[str, Any]) -> pa.Table:

@@ -23,7 +23,7 @@ def main() -> None:
     import open_clip
     import torch
 
-    from siftbench.benchmark.core.pool import iter_tar_samples, sample_image
+    from siftbench.benchmark.core.tars import iter_tar_samples, sample_image
     from siftbench.benchmark.stages.embed import BatchPreprocess, _decode_rgb
     from siftbench.benchmark.stages.train.launcher import UInt8Normalize
     from siftbench.eval_suite.data import decode_image

@@ -18,7 +18,7 @@ def _resize_shard(job: tuple[Path, Path, int, int, int]) -> int:
     """Copy ``count`` samples (cycling) of a world shard to ``dest`` as ``size`` px JPEG + caption + fresh uid."""
     from PIL import Image
 
-    from siftbench.benchmark.core.pool import iter_tar_samples
+    from siftbench.benchmark.core.tars import iter_tar_samples
 
     source, dest, size, count, shard = job
     samples = [(s[e], s["txt"]) for _, s in iter_tar_samples(source)

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 
 from siftbench.benchmark.core.errors import PoolError
-from siftbench.benchmark.core.pool import sample_image, sample_uid
-from siftbench.benchmark.core.tars import iter_tar_samples
+from siftbench.benchmark.core.tars import iter_tar_samples, sample_image, sample_uid
 from siftbench.benchmark.stages.pixels import normalize_table, normalize_uint8
 
 _HEX = frozenset(hexdigits)
