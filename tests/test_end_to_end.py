@@ -68,7 +68,7 @@ def test_oracle_parameters_are_checked(runs):
         run_experiment(cfg, progress=False)
 
 
-@pytest.mark.parametrize(("value", "message"), [("abc", "fraction='abc' is a str"), ("true", "fraction=True is a bool")])
+@pytest.mark.parametrize(("value", "message"), [("abc", "fraction='abc' has type str"), ("true", "fraction=True has type bool")])
 def test_an_ill_typed_filter_parameter_fails_before_anything_runs(tmp_path, value, message):
     worlds = set((default_cache_dir() / "worlds").glob("*"))
     cfg = compose_config(["world=toy", "world.pool_size=1234", "scale=toy", "filter=clip_score",

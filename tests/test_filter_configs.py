@@ -5,6 +5,7 @@ type-checked when the filters are built."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 
 from siftbench.benchmark.core.errors import ConfigError
-from siftbench.benchmark.core.filtering import FILTERS, default_params
+from siftbench.benchmark.core.filtering import FILTERS, Filter, build_filter, default_params
 from siftbench.benchmark.core.source import fill_resources
 from siftbench.benchmark.experiment.config import CONFIG_DIR, compose_config, options, to_dict
 from siftbench.benchmark.stages.select import plan_from_config
@@ -69,9 +70,9 @@ def test_defaults_can_be_overridden_without_a_plus():
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("filter.fraction=abc", "filter 'clip_score': fraction='abc' is a str, expected float | None"),
-    ("filter.fraction=true", "filter 'clip_score': fraction=True is a bool, expected float | None"),
-    ("filter.column=[a,b]", "filter 'clip_score': column=['a', 'b'] is a list, expected str"),
+    ("filter.fraction=abc", "filter 'clip_score': fraction='abc' has type str, expected float | None"),
+    ("filter.fraction=true", "filter 'clip_score': fraction=True has type bool, expected float | None"),
+    ("filter.column=[a,b]", "filter 'clip_score': column=['a', 'b'] has type list, expected str"),
 ])  # fmt: skip
 def test_ill_typed_parameters_name_the_filter_field_value_and_type(override, message):
     with pytest.raises(ConfigError, match=message.replace("|", r"\|").replace("[", r"\[").replace("]", r"\]")):
@@ -82,9 +83,9 @@ def test_parameters_are_converted_to_their_field_types():
     cfg = to_dict(compose_config(["filter=dedup", "filter.steps.1.radius=8", "filter.steps.1.mirror=false"]).filter)
     dedup = plan_from_config(cfg).steps[1].filter
     assert dedup.radius == 8.0 and isinstance(dedup.radius, float) and dedup.mirror is False
-    with pytest.raises(ConfigError, match=r"filter 'perceptual_dedup': mirror='sometimes' is a str, expected bool"):
+    with pytest.raises(ConfigError, match=r"filter 'perceptual_dedup': mirror='sometimes' has type str, expected bool"):
         plan_from_config({"name": "perceptual_dedup", "mirror": "sometimes"})
-    with pytest.raises(ConfigError, match=r"filter 'eval_decontam': tasks='shapes' is a str, expected list\[str\] \| None"):
+    with pytest.raises(ConfigError, match=r"filter 'eval_decontam': tasks='shapes' has type str, expected list\[str\] \| None"):
         plan_from_config({"name": "eval_decontam", "eval_root": "x", "tasks": "shapes"})
 
 
@@ -96,3 +97,19 @@ def test_clip_dedup_balance_is_the_documented_sequence():
     assert plan.steps[0].filter.fraction == 0.3
     assert plan.steps[0].filter.column == "clip_scorer_similarity_score"
     assert plan.steps[1].filter.embedding == "scorer_img"
+
+
+def test_tuples_and_types_omegaconf_cannot_check(monkeypatch):
+    """A plugin's tuple comes back a tuple; a field OmegaConf has no type for (an array) is passed as it is."""
+
+    @dataclass
+    class Shapes(Filter):
+        names: tuple[str, ...] = ("circle",)
+        weights: np.ndarray | None = None
+        t: float | None = None
+
+    monkeypatch.setitem(FILTERS._items, "shapes_test", Shapes)
+    f = build_filter("shapes_test", {"names": ["square", "star"], "weights": np.ones(2), "t": 3})
+    assert f.names == ("square", "star") and np.array_equal(f.weights, np.ones(2)) and f.t == 3.0
+    with pytest.raises(ConfigError, match=r"filter 'shapes_test': names=5 has type int, expected tuple\[str, \.\.\.\]"):
+        build_filter("shapes_test", {"names": 5})

@@ -89,7 +89,7 @@ def test_the_select_stage_writes_the_oracle_sorted_with_its_repeats(world: World
     ({"pool_fraction": 0.5}, "pool_fraction draws with repeats, so it needs resample_t"),
     ({"resample_t": 1, "pool_fraction": 1.5}, r"pool_fraction=1\.5 must be in \(0, 1\]"),
     ({"t": 5}, r"filter 'oracle': unknown parameter\(s\) \['t'\]"),
-    ({"resample_t": "many"}, "filter 'oracle': resample_t='many' is a str, expected float | None"),
+    ({"resample_t": "many"}, r"filter 'oracle': resample_t='many' has type str, expected float \| None"),
 ])  # fmt: skip
 def test_oracle_parameters_are_checked_like_any_filters(world: World, params: dict, message: str):
     with pytest.raises(ConfigError, match=message):

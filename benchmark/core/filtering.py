@@ -165,11 +165,14 @@ def check_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     checked = {}
     for key, value in params.items():
         if isinstance(value, str) and value == MISSING:
-            raise ConfigError(f"filter {name!r}: {key} has no default; set filter.{key}=<{types[key]}>")
+            raise ConfigError(f"filter {name!r}: {key} has no default; set filter.{key}=<{types.get(key, 'a value')}>")
+        if key not in types:  # a type OmegaConf cannot check (an array, a callable): passed as it is
+            checked[key] = value
+            continue
         try:
             checked[key] = OmegaConf.to_container(OmegaConf.merge(schema, {key: value}))[key]
         except OmegaConfBaseException:
-            raise ConfigError(f"filter {name!r}: {key}={value!r} is a {type(value).__name__}, "
+            raise ConfigError(f"filter {name!r}: {key}={value!r} has type {type(value).__name__}, "
                               f"expected {types[key]}") from None  # fmt: skip
         if isinstance(checked[key], list) and _is_tuple(_hints(cls).get(key)):
             checked[key] = tuple(checked[key])  # OmegaConf holds any sequence as a list
@@ -207,15 +210,17 @@ def _hints(cls: type) -> dict[str, Any]:
 
 @functools.cache
 def _schema(cls: type[Filter]) -> tuple[Any, dict[str, str]]:
-    """OmegaConf's structured config of a filter's fields (a type OmegaConf cannot check is left as Any),
-    and each field's type as a readable name."""
+    """OmegaConf's structured config of the filter's fields whose types it can check, and those fields'
+    types as readable names."""
     fields, names = [], {}
     for f in dataclasses.fields(cls):
-        hint = _hints(cls).get(f.name, Any)
+        hint = _hints(cls).get(f.name)
+        if hint is None:
+            continue  # an annotation that does not resolve
         try:
             OmegaConf.structured(dataclasses.make_dataclass("Field", [(f.name, hint, MISSING)]))
         except (OmegaConfBaseException, ValueError, TypeError):
-            hint = Any
+            continue  # a type OmegaConf has no node for
         fields.append((f.name, hint, dataclasses.field(default=MISSING)))
         names[f.name] = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
     return OmegaConf.structured(dataclasses.make_dataclass(f"{cls.__name__}Params", fields)), names
