@@ -12,9 +12,8 @@ from omegaconf import OmegaConf
 
 from siftbench.benchmark.core.atomic import write_json
 from siftbench.benchmark.core.errors import ConfigError, StageError
-from siftbench.benchmark.experiment.config import to_dict
+from siftbench.benchmark.experiment.runner import pool_source
 from siftbench.benchmark.stages.evaluate import evaluate_checkpoint
-from siftbench.benchmark.world import ensure_world
 from siftbench.eval_suite import load_suite, summarize, write_eval_results_jsonl
 
 
@@ -22,9 +21,10 @@ def evaluate_main(args: argparse.Namespace) -> dict[str, Any]:
     """`siftbench evaluate`: a run directory (its model and final checkpoint), or --model with weights."""
     arch, checkpoint, eval_root = args.model, args.checkpoint, args.eval_root
     if args.run_dir is not None:
-        run_arch, run_checkpoint, run_eval_root = _from_run_dir(Path(args.run_dir))
+        run_arch, run_checkpoint, run_cfg = _from_run_dir(Path(args.run_dir))
         arch, checkpoint = arch or run_arch, checkpoint or run_checkpoint
-        eval_root = eval_root or run_eval_root
+        # The eval sets the run was scored on (asking the source may generate the world: only when needed).
+        eval_root = eval_root or run_cfg.get("eval_root") or pool_source(run_cfg).eval_root()
     if arch is None:
         raise ConfigError("siftbench evaluate: give a run directory, or --model with --checkpoint or --pretrained")
     if eval_root is None:
@@ -44,8 +44,8 @@ def evaluate_main(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _from_run_dir(run_dir: Path) -> tuple[str, Path, Path | None]:
-    """The architecture, final checkpoint and eval root a finished `siftbench run` used."""
+def _from_run_dir(run_dir: Path) -> tuple[str, Path, Any]:
+    """The architecture, final checkpoint and config of a finished `siftbench run`."""
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
         raise StageError(f"{run_dir}: no config.yaml; is this a `siftbench run` directory?")
@@ -55,16 +55,9 @@ def _from_run_dir(run_dir: Path) -> tuple[str, Path, Path | None]:
         model = json.loads(results.read_text()).get("model") or {}
         if model.get("arch") and model.get("checkpoint"):
             checkpoint = Path(model["checkpoint"])
-            return model["arch"], checkpoint if checkpoint.is_absolute() else run_dir / checkpoint, _eval_root(cfg)
+            return model["arch"], checkpoint if checkpoint.is_absolute() else run_dir / checkpoint, cfg
     checkpoints = sorted(run_dir.glob("train/*/checkpoints/epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
     if not checkpoints:
         raise StageError(f"{run_dir}: no train/*/checkpoints/epoch_N.pt; the run has not finished training")
-    return str(cfg.scale.model), checkpoints[-1], _eval_root(cfg)
+    return str(cfg.scale.model), checkpoints[-1], cfg
 
-
-def _eval_root(cfg: Any) -> Path | None:
-    if cfg.get("eval_root"):
-        return Path(cfg.eval_root)
-    if cfg.get("pool"):
-        return None  # a real pool has no built-in eval sets
-    return Path(ensure_world(to_dict(cfg.world)).eval_dir)
