@@ -15,8 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from siftbench.benchmark.core.progress import progress_bar
 from siftbench.benchmark.core.versions import library_versions
 
 from .config import DEFECTS, config_hash, resolve_config
@@ -142,7 +141,7 @@ def _run(
     jobs: list[Callable[[], dict[str, str]]], workers: int | None, progress: bool
 ) -> list[dict[str, str]]:
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
-    bar = partial(tqdm, total=len(jobs), desc="world shards", unit="shard", disable=not progress)
+    bar = partial(progress_bar, enabled=progress, total=len(jobs), desc="world shards", unit="shard")
     if workers <= 1:
         return [job() for job in bar(jobs)]
     with ProcessPoolExecutor(max_workers=workers) as ex:
