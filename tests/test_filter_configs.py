@@ -15,7 +15,7 @@ import pytest
 
 from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.filtering import FILTERS, Filter, build_filter, default_params
-from siftbench.benchmark.core.source import fill_resources
+from siftbench.benchmark.core.source import DataCompPool, fill_resources
 from siftbench.benchmark.experiment.config import CONFIG_DIR, compose_config, options, to_dict
 from siftbench.benchmark.stages.select import plan_from_config
 
@@ -113,3 +113,14 @@ def test_tuples_and_types_omegaconf_cannot_check(monkeypatch):
     assert f.names == ("square", "star") and np.array_equal(f.weights, np.ones(2)) and f.t == 3.0
     with pytest.raises(ConfigError, match=r"filter 'shapes_test': names=5 has type int, expected tuple\[str, \.\.\.\]"):
         build_filter("shapes_test", {"names": 5})
+
+
+def test_a_datacomp_pool_fills_what_the_config_gives_and_names_what_it_cannot(tmp_path):
+    """On a real pool the eval root comes from eval_root=..., and nothing else can be made up."""
+    cfg = to_dict(compose_config(["filter=decontam_clip"]).filter)
+    with pytest.raises(ConfigError, match=r"filter 'eval_decontam' needs the eval sets' folder .* pass eval_root="):
+        fill_resources(cfg, DataCompPool(tmp_path))
+    filled = fill_resources(cfg, DataCompPool(tmp_path, eval_folder=tmp_path / "eval"))
+    assert filled["steps"][0]["eval_root"] == str(tmp_path / "eval") and cfg["steps"][0]["eval_root"] is None
+    with pytest.raises(ConfigError, match=r"filter 'image_based' needs target embeddings: give it targets=<\.npy"):
+        fill_resources(to_dict(compose_config(["filter=image_based_clip"]).filter), DataCompPool(tmp_path))

@@ -88,7 +88,7 @@ class DataCompPool:
             raise ConfigError(f"{who} needs the embedded world's ground truth, which a real pool (pool={self.root}) "
                               "does not have: run it on the world (leave pool= unset)")  # fmt: skip
         if name == "image_targets":
-            raise ConfigError(f"{who} needs target embeddings: give filter.targets=<.npy of embeddings made by the "
+            raise ConfigError(f"{who} needs target embeddings: give it targets=<.npy of embeddings made by the "
                               f"model of {step.get('embedding')!r}>")  # fmt: skip
         raise ConfigError(f"{who} needs {name!r}, which a DataComp pool folder cannot provide; set it in the config")
 
