@@ -213,6 +213,25 @@ def test_damaged_input_is_skipped_and_counted(tmp_path):
     assert stats["missing_from_pool"] == 5 + 1  # the cut sample and the 4 after it, 1 with no caption
 
 
+def test_a_garbled_header_loses_one_member_not_the_rest_of_the_tar(tmp_path, capfd):
+    root = tmp_path / "pool"
+    uids = make_tiny_pool(root, n_shards=1, per_shard=10, seed=2)
+    tar0 = root / "shards" / "00000000.tar"
+    with tarfile.open(tar0) as tar:
+        header = [m for m in tar.getmembers() if m.name.endswith(".png")][3].offset  # the 4th sample's image
+    raw = bytearray(tar0.read_bytes())
+    raw[header : header + 64] = b"\xee" * 64
+    tar0.write_bytes(bytes(raw))
+    stats = reshard(root, sort_uids(hex_to_uids(uids)), tmp_path / "out", seed=0, progress=False)
+    assert stats["damaged_tars"] == 1 and stats["damaged_members"] == 1
+    assert stats["incomplete_samples"] == 1  # the 4th sample kept its caption and uid, not its image
+    assert stats["num_samples"] == 9 and stats["missing_from_pool"] == 1  # the 6 after the damage are kept
+    assert {uid for _, _, uid in stream(tmp_path / "out")} == set(uids) - {uids[3]}
+    warning = [line for line in capfd.readouterr().err.splitlines() if "damaged tar" in line]
+    assert len(warning) == 1 and warning[0].startswith("siftbench: warning: ") and "00000000.tar" in warning[0]
+    assert f"at byte {header:,}" in warning[0] and "1 member lost" in warning[0]
+
+
 def test_helpful_errors(tmp_path, pool):
     root, uids = pool
     with pytest.raises(PoolError, match="no pool tars"):

@@ -4,8 +4,9 @@ Three steps; the slow ones are parallel and resumable:
 
 1. **index** (parallel over pool tars): read each tar's headers and ``.json`` members only (image bytes
    are skipped by seeking), keep the samples whose uid is in the subset: where their image and caption
-   bytes sit in the tar. One ``.reshard/index/{i}.npz`` per pool tar, written atomically (its existence is
-   the completion marker).
+   bytes sit in the tar. A damaged tar is read on from its next valid header (core.tars); the tars and
+   members it lost are counted and named on stderr. One ``.reshard/index/{i}.npz`` per pool tar, written
+   atomically (its existence is the completion marker).
 2. **plan** (one process, seconds even for millions of rows): first pool occurrence of each subset uid,
    one slot per requested copy, copies of a uid spread evenly over the whole stream, then cut into shards.
 3. **write** (parallel over output shards): copy the bytes into ``out_dir/{i:05d}.tar`` (``{key}.{img}``,
@@ -36,7 +37,7 @@ from siftbench.benchmark.core.atomic import atomic_path, write_json
 from siftbench.benchmark.core.errors import PoolError, StageError, SubsetError
 from siftbench.benchmark.core.executors import Executor, LocalExecutor
 from siftbench.benchmark.core.stage import fingerprint, stage_folder
-from siftbench.benchmark.core.tars import IMAGE_EXTENSIONS, data_after_end
+from siftbench.benchmark.core.tars import IMAGE_EXTENSIONS, TarDamage, tar_members
 from siftbench.benchmark.core.uids import UID_DTYPE, sort_uids, uid_to_words, validate_subset
 
 FORMAT_VERSION = 1  # of manifest.json
@@ -234,35 +235,29 @@ def _index_tar(task: tuple[str, int, str, str]) -> None:
     path = Path(tar_path)
     counts: Counter[str] = Counter()
     samples: dict[str, dict[str, Any]] = {}
-    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(6)
     if head.startswith(_COMPRESSED_MAGIC):
         raise PoolError(f"{path}: compressed tar; reshard reads plain tars by offset. Decompress it "
                         f"(e.g. `gunzip -c x.tar.gz > x.tar`) or re-download without compression")
-    end, damaged = None, False
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                if member.offset_data + member.size > size:  # truncated file: tarfile would just stop here
-                    counts["damaged_members"] += 1
-                    damaged = True
-                    continue
-                key, _, ext = member.name.rsplit("/", 1)[-1].partition(".")
-                sample = samples.setdefault(key, {})
-                ext = ext.lower()
-                if ext == "json":
-                    handle = tar.extractfile(member)
-                    sample["json"] = handle.read() if handle else b""
-                else:
-                    sample[ext] = (member.offset_data, member.size)
-            end = tar.offset
-    except (tarfile.TarError, EOFError, OSError):
-        damaged = True
-    if damaged or (end is not None and data_after_end(path, end) is not None):
+    damage = TarDamage(path)
+    members = tar_members(path, damage)  # read past damage, which is counted
+    if members is None:
+        raise PoolError(f"{path}: holds GNU sparse members; reshard reads plain tars by offset. Repack it "
+                        "without --sparse")
+    if damage:
+        damage.warn()
         counts["damaged_tars"] += 1
+        counts["damaged_members"] += damage.lost_members
+    with open(path, "rb") as f:
+        for name, offset, size in members:
+            key, _, ext = name.rsplit("/", 1)[-1].partition(".")
+            sample = samples.setdefault(key, {})
+            ext = ext.lower()
+            if ext == "json":
+                sample["json"] = os.pread(f.fileno(), size, offset)
+            else:
+                sample[ext] = (offset, size)
 
     rows = []
     for sample in samples.values():
