@@ -290,3 +290,59 @@ def test_a_missing_distributor_is_an_error_not_a_silent_no_op(metadata, site, tm
 
 def test_a_rerun_with_other_settings_is_refused(pool, metadata):
     assert _download(metadata[0], pool, "--image-size", "256") == 2
+
+
+def test_datacomp_layout_with_one_metadata_file_for_three_tars(site, tmp_path, capsys):
+    """DataComp's own download: img2dataset fills shards/ from the metadata folder, which stays as it is (one
+    hash-named parquet for every tar, failed downloads included). `siftbench embed` joins by uid: every
+    downloaded sample is embedded, and a top-30% clip_score on the new column keeps 30% of them."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("open_clip")
+    from siftbench.benchmark.stages.download import _run_img2dataset
+    from siftbench.benchmark.stages.models import load_model
+
+    rng = np.random.default_rng(7)
+    rows = []
+    for i in range(60):
+        colour, shape = list(COLOURS)[i % 4], ("square", "circle", "bar")[i % 3]
+        if i % 10 == 9:
+            path = f"/layout/gone{i}.jpg"  # a dead link: listed in the metadata, in no tar
+        else:
+            pixels = rng.integers(0, 60, (40 + i, 50, 3), dtype=np.uint8)
+            pixels[5:25, 5:25] = COLOURS[colour]
+            path = f"/layout/img{i}.jpg"
+            site.bodies[path] = _encode(Image.fromarray(pixels), "JPEG")
+        rows.append({"uid": rng.bytes(16).hex(), "url": site.base + path, "text": f"a {colour} {shape}, photo {i}"})
+    pool = tmp_path / "pool"
+    (pool / "metadata").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), pool / "metadata" / "3b9e0f6c1d2a4857.parquet")
+    settings = {"url_col": "url", "caption_col": "text", "blur_faces": False, "image_size": 512,
+                "samples_per_shard": 20, "verify_hash": False}
+    _run_img2dataset(pool / "metadata", pool / "shards", settings, distributor="multiprocessing", processes=1,
+                     threads=4, timeout=5, retries=0)
+    assert sorted(p.name for p in (pool / "shards").glob("*.tar")) == [f"{i:08d}.tar" for i in range(3)]
+    downloaded = {sample_uid(s) for t in sorted((pool / "shards").glob("*.tar")) for _, s in iter_tar_samples(t)}
+    assert len(downloaded) == 54
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(load_model("siftbench-tiny")[0].state_dict(), checkpoint)
+    capsys.readouterr()
+    assert main(["embed", str(pool), "--model", "siftbench-tiny", "--pretrained", str(checkpoint), "--key", "tiny",
+                 "--device", "cpu", "--workers", "0", "--batch-size", "16"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["samples"] == stats["embedded"] == 54 and stats["shards_done"] == 3
+    assert stats["join"]["joined"] == 54 and stats["join"]["missing"] == 6 and stats["join"]["not_in_metadata"] == 0
+
+    scores = {}
+    for path in sorted((pool / "embeddings" / "tiny").glob("*.npz")):
+        with np.load(path) as z:
+            scores.update(zip(uids_to_hex(z["uid"]), z["similarity"].tolist(), strict=True))
+    assert set(scores) == downloaded and all(np.isfinite(list(scores.values())))
+    out = tmp_path / "top30"
+    assert main(["filter", str(pool), "--out", str(out), "filter=clip_score",
+                 "filter.column=clip_tiny_similarity_score", "filter.fraction=0.3"]) == 0
+    kept = uids_to_hex(read_subset(out / "subset.npy"))
+    assert abs(len(kept) - 0.3 * 54) <= 1
+    threshold = min(scores[u] for u in kept)
+    assert sorted(kept) == sorted(u for u, s in scores.items() if s >= threshold)  # from all three tars

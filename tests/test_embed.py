@@ -15,11 +15,10 @@ pytest.importorskip("open_clip")
 
 from PIL import Image  # noqa: E402
 
-from siftbench.benchmark.core.errors import PoolError, StageError  # noqa: E402
+from siftbench.benchmark.core.errors import StageError  # noqa: E402
 from siftbench.benchmark.core.executors import LocalExecutor  # noqa: E402
 from siftbench.benchmark.core.pool import Pool  # noqa: E402
-from siftbench.benchmark.core.tars import iter_tar_samples  # noqa: E402
-from siftbench.benchmark.core.uids import UID_DTYPE, hex_to_uids  # noqa: E402
+from siftbench.benchmark.core.uids import UID_DTYPE, hex_to_uids, uids_to_hex  # noqa: E402
 from siftbench.benchmark.perf.embed_throughput import benchmark_embed_throughput  # noqa: E402
 from siftbench.benchmark.stages.embed import embed_pool  # noqa: E402
 
@@ -165,21 +164,52 @@ def test_other_weights_under_the_same_key_are_refused(tmp_path: Path, checkpoint
         embed_pool(pool, arch="siftbench-tiny", model_key=KEY, progress=False)  # random weights
 
 
-def test_damaged_tar_counts_and_fills_missing_uids(tmp_path: Path, checkpoint: Path):
+def test_damaged_tar_is_read_past_the_damage_and_counted(tmp_path: Path, checkpoint: Path, capfd):
     pool = build_pool(tmp_path / "pool", corrupt=None)
     tar = pool / "shards" / "00000001.tar"
     raw = bytearray(tar.read_bytes())
-    # Each sample is 3 members of 512-byte header + 512-byte block: garble the 3rd sample's first header.
+    # Each sample is 3 members of 512-byte header + 512-byte block: garble the 3rd sample's image header.
     raw[2 * 3072 : 2 * 3072 + 100] = b"\xff" * 100
     tar.write_bytes(bytes(raw))
-    with pytest.raises(PoolError, match="unreadable header"):  # tarfile alone would stop silently here
-        list(iter_tar_samples(tar))
     stats = embed(pool, checkpoint)
-    assert stats["damaged_shards"] == ["00000001.tar"]
-    assert stats["reasons"] == {"damaged_tar": 1, "missing_from_tar": 3}
-    assert stats["samples"] == 7 and stats["rows"] == 10 and stats["embedded"] == 7
-    batch = Pool.open(pool).read_shard("00000001", columns=[f"clip_{KEY}_similarity_score"])
-    assert np.isnan(batch.table[f"clip_{KEY}_similarity_score"].to_numpy()).sum() == 3
+    assert stats["damaged_shards"] == ["00000001.tar"] and stats["damaged_members_lost"] == 1
+    assert stats["reasons"] == {"damaged_tar": 1, "no_image": 1}  # the 3rd sample lost its image, not its caption
+    assert stats["samples"] == stats["rows"] == 10 and stats["embedded"] == 9  # the 4th and 5th are read on
+    assert stats["join"] == {"metadata_rows": 10, "joined": 10, "missing": 0, "derived_rows": 10,
+                             "not_in_metadata": 0, "duplicate_derived_rows": 0}
+    shard = json.loads((pool / "embeddings" / KEY / "stats" / "00000001.json").read_text())
+    assert shard["damage"]["lost_members"] == 1 and shard["damage"]["regions"][0]["offset"] == 2 * 3072
+    warning = [line for line in capfd.readouterr().err.splitlines() if "damaged tar" in line]
+    assert len(warning) == 1 and "00000001.tar" in warning[0] and "byte 6,144" in warning[0]
+    batch = Pool.open(pool).read_shard("00000001", columns=[f"clip_{KEY}_similarity_score"],
+                                       embeddings=[f"{KEY}_txt"])
+    scores = dict(zip(uids_to_hex(batch.uids), batch.table[f"clip_{KEY}_similarity_score"], strict=True))
+    assert [np.isnan(scores[uid_of(1, i)]) for i in range(5)] == [False, False, True, False, False]
+    assert np.isfinite(batch.embeddings[f"{KEY}_txt"]).all()
+
+
+def test_tar_uids_the_metadata_lacks_are_counted_and_never_break_the_rows(tmp_path: Path, checkpoint: Path):
+    pool = build_pool(tmp_path / "pool", corrupt=None)
+    # Shard 0's metadata loses a row (its sample stays in the tar) and gains a uid that no tar holds.
+    meta = pool / "metadata" / "00000000.parquet"
+    table = pq.read_table(meta).to_pandas()
+    extra, absent = table.uid[0], "ab" * 16
+    table.loc[0, "uid"] = absent
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), meta)
+    stats = embed(pool, checkpoint)
+    assert stats["samples"] == stats["embedded"] == 10
+    assert stats["join"]["not_in_metadata"] == 1 and stats["join"]["missing"] == 1 and stats["join"]["joined"] == 9
+    p = Pool.open(pool)
+    batch = p.read_shard("00000000", columns=[f"clip_{KEY}_similarity_score"])
+    assert len(batch) == 5 and uids_to_hex(batch.uids)[0] == absent
+    assert np.isnan(batch.table[f"clip_{KEY}_similarity_score"]).tolist() == [True, False, False, False, False]
+    assert extra not in uids_to_hex(batch.uids)
+    # Every filter still takes the pool: 9 scores, the absent uid dropped as NaN and counted.
+    from siftbench.benchmark.stages.select import run_filter
+
+    stats = run_filter(pool, {"name": "clip_score", "column": f"clip_{KEY}_similarity_score", "fraction": 0.5},
+                       tmp_path / "out")
+    assert stats["pool_size"] == 10 and stats["steps"][0]["dropped"]["nan_score"] == 1
 
 
 def test_executor_and_decode_workers_give_the_same_files(tmp_path: Path, checkpoint: Path):

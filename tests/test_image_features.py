@@ -100,7 +100,11 @@ def test_stage_resumes_and_counts_damage(tmp_path):
     stats = compute_image_features(root)
     assert done.stat().st_mtime_ns == before
     assert stats["undecodable"] == 1 and stats["missing"] == 1 and stats["skipped_existing"] == 1
+    assert stats["not_in_metadata"] == 0 and stats["damaged_tars"] == 0
     with np.load(root / "embeddings" / "imagehash" / "00000001.npz") as z:
-        meta_uids = hex_to_uids(pq.read_table(root / "metadata" / "00000001.parquet").column("uid"))
-        assert np.array_equal(z["uid"], meta_uids)  # exactly the metadata's rows, in its order
-        assert int((z["ok"] == 0).sum()) == 2
+        assert len(z["uid"]) == 9 and int((z["ok"] == 0).sum()) == 1  # the tar's samples
+    batch = Pool.open(root).read_shard("00000001", (), ["imagehash_ok", "imagehash_phash"])
+    meta_uids = hex_to_uids(pq.read_table(root / "metadata" / "00000001.parquet").column("uid"))
+    assert np.array_equal(batch.uids, meta_uids)  # joined on uid: the metadata's rows, in its order
+    assert batch.embeddings["imagehash_ok"].tolist() == [0, 0] + [1] * 8  # garbage, then the removed sample
+    assert (batch.embeddings["imagehash_phash"][:2] == 0).all()

@@ -72,7 +72,7 @@ def benchmark_embed_throughput(
     for _ in range(max(1, rounds)):
         with tempfile.TemporaryDirectory() as tmp:
             clock = time.perf_counter()
-            embed_tars(bundle, tars, Path(tmp), None, batch_size=batch_size, device=device,
+            embed_tars(bundle, tars, Path(tmp), batch_size=batch_size, device=device,
                        num_workers=num_workers, progress=False)  # fmt: skip
             stage_times.append(time.perf_counter() - clock)
             stats = _collect_stats(Path(tmp), tars)

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from siftbench.benchmark.core.atomic import atomic_path, write_json
 from siftbench.benchmark.core.errors import PoolError, StageError
 from siftbench.benchmark.core.stage import fingerprint, stage_folder
-from siftbench.benchmark.core.tars import iter_tar_samples, sample_uid
+from siftbench.benchmark.core.tars import TarSamples, sample_uid
 from siftbench.benchmark.core.uids import hex_to_uids
 
 STAGE_VERSION = 1  # bump whenever the pool's files change for the same inputs and settings
@@ -326,7 +326,7 @@ def _publish(shard: PlannedShard, out: Path, staging: Path, settings: dict[str, 
     i2d_path = _located(f"{name}.parquet", staging, shards_dir)
     results = pq.read_table(i2d_path, columns=["key", "uid", "status", "width", "height", "original_width",
                                                "original_height", "sha256"]).to_pylist()
-    in_tar = _tar_uids(tar_path)
+    in_tar = _tar_uids(tar_path, staging)
     oom = math.ceil(math.log10(settings["samples_per_shard"]))
     by_row: dict[int, dict[str, Any]] = {}
     for r in results:
@@ -365,9 +365,14 @@ def _located(filename: str, staging: Path, shards_dir: Path) -> Path:
                      f"{staging}; delete {staging / filename.split('.')[0]}_stats.json and rerun")
 
 
-def _tar_uids(path: Path) -> dict[str, str]:
+def _tar_uids(path: Path, staging: Path) -> dict[str, str]:
     """key -> uid for every sample of the tar that has an image (img2dataset writes .jpg)."""
-    return {key: sample_uid(sample) or "" for key, sample in iter_tar_samples(path) if "jpg" in sample}
+    samples = TarSamples(path, warn=False)
+    uids = {key: sample_uid(sample) or "" for key, sample in samples if "jpg" in sample}
+    if samples.damage:  # img2dataset has just written it: fetch it again rather than publish a damaged shard
+        raise StageError(f"download: {samples.damage.describe()}; delete {staging / path.stem}_stats.json and "
+                         "rerun the same command to fetch this shard again")
+    return uids
 
 
 def _pool_columns(picked: pa.Table, results: list[dict[str, Any]], settings: dict[str, Any]) -> pa.Table:

@@ -139,6 +139,7 @@ def select_subset(pool: Pool, plan: FilterPlan, scores_dir: Path, seed: int) -> 
     """The global reduce: combine every step's decision into the kept uids, with counts per drop reason."""
     loaded = [_load_values(pool, step, Path(scores_dir)) for step in plan.steps]
     uids = loaded[0][0]
+    pool.check_unique_uids(uids)  # a uid listed twice would be selected, and trained on, twice
     for step, (other, _) in zip(plan.steps[1:], loaded[1:], strict=True):
         if not np.array_equal(other, uids):
             raise RuntimeError(f"step {step.id} scored a different set of rows; delete {scores_dir} and rerun")

@@ -8,10 +8,14 @@
 
 Features are L2-normalised fp32 model outputs stored as float16; ``similarity`` is the cosine of the
 fp32 features (DataComp's ``clip_*_similarity_score``). Rows follow the tar's order and carry their
-uids, so the Pool reader joins them on uid. Every sample with a uid gets a row: one whose image cannot be
-decoded gets NaN image features and a NaN similarity (filters drop NaN scores and count them), and so
-does a metadata uid of the shard that the tar lacks (failed download, damaged tar). Each npz appears
-atomically after its stats, so it is the shard's completion marker: a rerun skips finished shards.
+uids: the Pool reader joins them to the metadata by uid, whatever the metadata files are called or how
+they are cut (one per tar, one for many tars, several for one). Every tar sample with a uid gets a row;
+one whose image cannot be decoded gets NaN image features and a NaN similarity (filters drop NaN scores
+and count them), and a metadata uid that no tar holds (failed download, damaged tar) reads as NaN. A
+damaged tar is read on from the next valid header (core.tars) and counted. Each npz appears atomically
+after its stats, so it is the shard's completion marker: a rerun skips finished shards. At the end,
+``stats.json`` says how the embeddings join the metadata (``join``: metadata rows with and without an
+embedding, tar samples whose uid the metadata lacks, repeated tar uids).
 """
 
 from __future__ import annotations
@@ -28,14 +32,14 @@ from string import hexdigits
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from siftbench.benchmark.core.atomic import atomic_path, write_json
 from siftbench.benchmark.core.errors import PoolError, StageError
 from siftbench.benchmark.core.executors import map_with_state
+from siftbench.benchmark.core.pool import Pool
 from siftbench.benchmark.core.stage import fingerprint, stage_folder
-from siftbench.benchmark.core.uids import file_sha256, hex_to_uids, isin_uids
+from siftbench.benchmark.core.uids import file_sha256, hex_to_uids
 from siftbench.benchmark.stages.embed.preprocess import AsciiFastTokenizer, BatchPreprocess, _decode_shard
 from siftbench.benchmark.stages.models import load_model
 from siftbench.benchmark.stages.train import torch_threads, usable_cores
@@ -105,15 +109,17 @@ def embed_pool(
         todo = [t for t in tars if not (out / f"{t.stem}.npz").exists()]
         start = time.perf_counter()
         if todo and executor is None:
-            embed_tars(spec.load(), todo, out, pool_root, batch_size=batch_size, device=spec.resolved_device(),
+            embed_tars(spec.load(), todo, out, batch_size=batch_size, device=spec.resolved_device(),
                        num_workers=num_workers, progress=progress, done_before=len(tars) - len(todo))
         elif todo:
-            job = partial(_embed_tar_job, spec, out, pool_root, batch_size)
+            job = partial(_embed_tar_job, spec, out, batch_size)
             map_with_state(executor, spec.load, job, todo, desc=f"embed {model_key}")
         stats = _collect_stats(out, tars)
         seconds = time.perf_counter() - start
         stats.update(model_key=model_key, model=identity, shards_embedded_now=len(todo),
                      seconds_now=round(seconds, 3))
+        if out == pool_root / "embeddings" / model_key and any((pool_root / "metadata").glob("*.parquet")):
+            stats["join"] = Pool.open(pool_root).join(model_key).counts
         write_json(out / "stats.json", stats)
     return stats
 
@@ -122,7 +128,6 @@ def embed_tars(
     bundle: tuple[Any, Callable, Callable],
     tars: Sequence[Path],
     out: Path,
-    pool_root: Path | None = None,
     *,
     batch_size: int = 256,
     device: str = "cpu",
@@ -159,7 +164,7 @@ def embed_tars(
                 shard.add(*_encode(model, device, dim, batcher, *item[2:]))
                 shard.model_seconds += time.perf_counter() - clock
             else:
-                shard.finish(out, pool_root, counts=Counter(item[2]))
+                shard.finish(out, counts=Counter(item[2]), damage=item[3])
                 del pending[item[1]]
                 bar.update(1)
 
@@ -193,28 +198,18 @@ class _Shard:
         self.image.append(image)
         self.text.append(text)
 
-    def finish(self, out: Path, pool_root: Path | None, counts: Counter) -> None:
+    def finish(self, out: Path, counts: Counter, damage: dict[str, Any] | None) -> None:
         import torch  # heavy, optional (siftbench[ml])
 
         image = torch.cat(self.image).numpy() if self.image else np.zeros((0, self.dim), np.float32)
         text = torch.cat(self.text).numpy() if self.text else np.zeros((0, self.dim), np.float32)
         uids = hex_to_uids(self.uids)
-        metadata = pool_root / "metadata" / f"{self.tar.stem}.parquet" if pool_root is not None else None
-        if metadata is not None and metadata.exists():
-            # Metadata uids the tar lacks get NaN rows, so the Pool reader can join every uid of the shard.
-            listed = hex_to_uids(pq.read_table(metadata, columns=["uid"]).column("uid"))
-            absent = listed[~isin_uids(listed, uids)]
-            if len(absent):
-                counts["missing_from_tar"] += len(absent)
-                uids = np.concatenate([uids, absent])
-                nan = np.full((len(absent), self.dim), np.nan, np.float32)
-                image, text = np.concatenate([image, nan]), np.concatenate([text, nan])
         similarity = (image * text).sum(axis=1, dtype=np.float32)  # cosine of unit fp32 vectors; NaN stays NaN
         rows = len(uids)
         embedded = int(np.isfinite(similarity).sum())
         write_json(out / "stats" / f"{self.tar.stem}.json", {
             "samples": counts.pop("samples", 0), "rows": rows, "embedded": embedded,
-            "reasons": dict(counts), "damaged": bool(counts.get("damaged_tar")),
+            "reasons": dict(counts), "damaged": bool(counts.get("damaged_tar")), "damage": damage,
             "seconds": round(time.perf_counter() - self.started, 3), "model_seconds": round(self.model_seconds, 3),
         })
         with atomic_path(out / f"{self.tar.stem}.npz") as tmp, open(tmp, "wb") as f:
@@ -242,7 +237,7 @@ def _encode(model: Any, device: str, dim: int, batcher: BatchPreprocess, uids: l
 def _shard_batches(tars: list[Path], preprocess: Callable, tokenizer: Callable, batch_size: int,
                    normalize_later: bool = False) -> Any:
     """An IterableDataset of ("batch", shard index, uids, images, image rows, tokens, text rows) items and
-    one ("end", shard index, counts) per shard; DataLoader workers take whole shards. ``normalize_later``:
+    one ("end", shard index, counts, damage summary or None) per shard; DataLoader workers take whole shards. ``normalize_later``:
     images stay uint8 where BatchPreprocess can (``BatchPreprocess.to_device`` finishes them)."""
     from torch.utils.data import IterableDataset  # torch: heavy, optional
 
@@ -273,10 +268,10 @@ def default_decode_workers(device: str) -> int:
     return max(1, min(16, usable_cores() - 1))
 
 
-def _embed_tar_job(spec: EmbedModel, out: Path, pool_root: Path, batch_size: int,
-                   bundle: tuple[Any, Callable, Callable], tar: Path) -> None:
+def _embed_tar_job(spec: EmbedModel, out: Path, batch_size: int, bundle: tuple[Any, Callable, Callable],
+                   tar: Path) -> None:
     """One shard in an executor's worker, with the model that worker loaded once."""
-    embed_tars(bundle, [tar], out, pool_root, batch_size=batch_size, device=spec.resolved_device(), progress=False)
+    embed_tars(bundle, [tar], out, batch_size=batch_size, device=spec.resolved_device(), progress=False)
 
 
 def _no_foreign_embeddings(out: Path) -> None:
@@ -290,6 +285,7 @@ def _collect_stats(out: Path, tars: Sequence[Path]) -> dict[str, Any]:
     totals: Counter = Counter()
     reasons: Counter = Counter()
     damaged: list[str] = []
+    lost_members = 0
     done = 0
     for tar in tars:
         path = out / "stats" / f"{tar.stem}.json"
@@ -301,6 +297,7 @@ def _collect_stats(out: Path, tars: Sequence[Path]) -> dict[str, Any]:
         reasons.update(shard["reasons"])
         if shard["damaged"]:
             damaged.append(tar.name)
+            lost_members += (shard.get("damage") or {}).get("lost_members", 0)
     seconds = totals.pop("seconds", 0.0)
     return {
         "shards": len(tars),
@@ -308,6 +305,7 @@ def _collect_stats(out: Path, tars: Sequence[Path]) -> dict[str, Any]:
         **{k: int(totals.get(k, 0)) for k in ("samples", "rows", "embedded")},
         "reasons": dict(sorted(reasons.items())),
         "damaged_shards": damaged,
+        "damaged_members_lost": lost_members,
         "seconds": round(seconds, 3),
         "model_seconds": round(totals.get("model_seconds", 0.0), 3),
         "samples_per_s": round(totals.get("samples", 0) / seconds, 1) if seconds else None,

@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from siftbench.benchmark.core.errors import PoolError
-from siftbench.benchmark.core.tars import iter_tar_samples, sample_image, sample_uid
+from siftbench.benchmark.core.tars import TarSamples, sample_image, sample_uid
 from siftbench.benchmark.stages.pixels import normalize_table, normalize_uint8
 
 _HEX = frozenset(hexdigits)
@@ -246,34 +245,34 @@ def _decode_shard(index: int, tar: Path, batcher: BatchPreprocess, tokenizer: Ca
             part.clear()
         return item
 
-    try:
-        for _, sample in iter_tar_samples(tar):
-            counts["samples"] += 1
-            uid = sample_uid(sample)
-            if not uid:
-                counts["no_uid"] += 1
-                continue
-            if len(uid) > 32 or not _HEX.issuperset(uid):
-                counts["bad_uid"] += 1
-                continue
-            found = sample_image(sample)
-            image = _decode_rgb(found[1]) if found is not None else None
-            if image is None:
-                counts["no_image" if found is None else "undecodable_image"] += 1
-            else:
-                image_rows.append(len(uids))
-                images.append(batcher.image(image))
-            if "txt" in sample:
-                text_rows.append(len(uids))
-                captions.append(sample["txt"].decode("utf-8", errors="replace"))
-            else:
-                counts["no_caption"] += 1
-            uids.append(uid)
-            if len(uids) == batch_size:
-                yield flush()
-    except PoolError:
+    samples = TarSamples(tar)  # read past damage, with a warning on stderr
+    for _, sample in samples:
+        counts["samples"] += 1
+        uid = sample_uid(sample)
+        if not uid:
+            counts["no_uid"] += 1
+            continue
+        if len(uid) > 32 or not _HEX.issuperset(uid):
+            counts["bad_uid"] += 1
+            continue
+        found = sample_image(sample)
+        image = _decode_rgb(found[1]) if found is not None else None
+        if image is None:
+            counts["no_image" if found is None else "undecodable_image"] += 1
+        else:
+            image_rows.append(len(uids))
+            images.append(batcher.image(image))
+        if "txt" in sample:
+            text_rows.append(len(uids))
+            captions.append(sample["txt"].decode("utf-8", errors="replace"))
+        else:
+            counts["no_caption"] += 1
+        uids.append(uid)
+        if len(uids) == batch_size:
+            yield flush()
+    if samples.damage:
         counts["damaged_tar"] += 1
     if uids:
         yield flush()
     # a plain dict: DataLoader's default_convert copies a Counter and then update()s it, doubling it
-    yield "end", index, dict(counts)
+    yield "end", index, dict(counts), samples.damage.summary() if samples.damage else None
