@@ -204,3 +204,27 @@ def test_the_duplicate_check_costs_less_than_sorting_the_subset():
     sort_uids(uids[: int(0.3 * len(uids))])
     reference = time.perf_counter() - clock
     assert check < 2 * reference + 0.1, (check, reference)
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda a: {**a, "similarity": a["similarity"][:-1]}, "'similarity' has 7 rows but 'uid' has 8"),
+    (lambda a: {**a, "uid": np.array(list(a["uid"]), dtype=object)}, "'uid' holds Python objects (a pickle)"),
+    (lambda a: {k: v for k, v in a.items() if k != "uid"}, "no 'uid' array"),
+    (None, "unreadable npz"),
+])
+def test_a_bad_derived_file_is_named_and_the_pool_is_left_as_it_was(tmp_path, damage, words):
+    root = tmp_path / "pool"
+    uids = make_tiny_pool(root, n_shards=2, per_shard=8, seed=8)
+    folder = root / "embeddings" / "m"
+    folder.mkdir(parents=True)
+    arrays = {}
+    for i, part in enumerate((uids[:8], uids[8:])):
+        arrays = {"uid": hex_to_uids(part), "similarity": np.arange(8, dtype=np.float32)}
+        np.savez(folder / f"{i:08d}.npz", **arrays)
+    if damage is None:
+        (folder / "00000001.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    else:
+        np.savez(folder / "00000001.npz", **damage(arrays))
+    with pytest.raises(PoolError, match=r"00000001\.npz: .*" + words.replace("(", r"\(").replace(")", r"\)")):
+        Pool.open(root).read_shard("00000000", ["clip_m_similarity_score"])
+    assert not (folder / "join").exists()  # checked before anything is written

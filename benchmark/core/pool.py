@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_path, write_json
 from .errors import MissingColumnError, PoolError
-from .stage import fingerprint, stage_folder
+from .stage import STAGE_FILE, fingerprint, stage_folder
 from .tars import IMAGE_EXTENSIONS, data_after_end, iter_tar_samples, sample_image, sample_uid  # noqa: F401 (moved)
 from .uids import UID_DTYPE, hex_to_uids
 
@@ -96,7 +97,10 @@ class Pool:
                 f"pool {root}: no metadata/*.parquet files; a DataComp pool has metadata/<name>.parquet with "
                 "uid, text, ... columns (download it with DataComp's download_upstream.py --skip_shards)"
             )
-        columns = pq.read_schema(files[0]).names
+        try:
+            columns = pq.read_schema(files[0]).names
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise _unreadable(files[0], e) from None
         if "uid" not in columns:
             raise PoolError(f"{files[0]}: no 'uid' column; columns are {columns}")
         return cls(root=root, metadata_files=files, columns=columns)
@@ -169,10 +173,7 @@ class Pool:
         """Read one metadata shard: only the requested columns, plus uid, plus requested embeddings."""
         path = self.root / "metadata" / f"{shard}.parquet"
         own_columns = [c for c in columns if c in self.columns and c != "uid"]
-        try:
-            table = pq.read_table(path, columns=["uid", *own_columns], use_threads=False)  # threads cost more than they save per shard
-        except Exception as e:  # pyarrow raises several types for a damaged file
-            raise PoolError(f"{path}: unreadable parquet ({e}); re-download or regenerate this shard") from e
+        table = _read_parquet(path, ["uid", *own_columns])
         try:
             uids = hex_to_uids(table.column("uid"))
         except ValueError as e:
@@ -256,7 +257,29 @@ def _parquet_rows(path: Path) -> int:
     try:
         return pq.ParquetFile(path).metadata.num_rows
     except Exception as e:  # pyarrow raises several types for a damaged file
-        raise PoolError(f"{path}: unreadable parquet ({e}); re-download or regenerate this shard") from None
+        raise _unreadable(path, e) from None
+
+
+def _read_parquet(path: Path, columns: list[str]) -> Any:
+    """These columns of one metadata file (an Arrow table), or a PoolError naming the file."""
+    try:
+        table = pq.read_table(path, columns=columns, use_threads=False)  # threads cost more than they save per shard
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        try:
+            names = pq.read_schema(path).names
+        except Exception:  # damaged beyond its schema: the first error says it
+            raise _unreadable(path, e) from None
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise PoolError(f"{path}: no {missing[0]!r} column; columns are {names} (every metadata file needs "
+                            "the columns of the first)") from None
+        raise _unreadable(path, e) from None
+    return table
+
+
+def _unreadable(path: Path, error: Exception) -> PoolError:
+    reason = " ".join(str(error).split())  # pyarrow's messages run over several lines
+    return PoolError(f"{path}: unreadable parquet ({reason}); re-download or regenerate this file")
 
 
 def _check_rows(array: np.ndarray, rows: int, path: Path, key: str) -> np.ndarray:
@@ -325,18 +348,31 @@ def _derived_join(pool: Pool, folder: Path) -> DerivedJoin:
         )
     inputs = {"derived": {f.name: _identity(f) for f in files},
               "metadata": {f.name: _identity(f) for f in pool.metadata_files}}
+    wanted = fingerprint("join", JOIN_VERSION, inputs)
     index_dir = folder / JOIN_FOLDER
-    try:
-        with stage_folder(index_dir, fingerprint("join", JOIN_VERSION, inputs), on_change="restart",
-                          outputs=("*.npy", "index.json"), what="the uid join to the metadata"):
-            index = _read_index(index_dir)
-            if index is None:
-                _build_join(pool, files, index_dir)
-                index = _read_index(index_dir)
-    except OSError as e:  # a read-only pool, a full disk
-        raise PoolError(f"pool {pool.root}: cannot write the uid join of embeddings/{key}/ ({e}); siftbench keeps "
-                        f"it in {index_dir}: make embeddings/{key}/ writable") from None
+    index = _read_index(index_dir) if _recorded(index_dir) == wanted else None
+    if index is None:
+        # Everything is read and checked before anything is written: a bad input leaves the pool as it was.
+        rows, index = _compute_join(pool, files)
+        try:
+            with stage_folder(index_dir, wanted, on_change="restart", outputs=("*.npy", "index.json"),
+                              what="the uid join to the metadata"):
+                if _read_index(index_dir) is None:  # else another process wrote it meanwhile
+                    for shard, shard_rows in zip(pool.shard_names, rows, strict=True):
+                        with atomic_path(index_dir / f"{shard}.npy") as tmp, open(tmp, "wb") as f:
+                            np.save(f, shard_rows, allow_pickle=False)
+                    write_json(index_dir / "index.json", index)  # last: the join's completion marker
+        except OSError as e:  # a read-only pool, a full disk
+            raise PoolError(f"pool {pool.root}: cannot write the uid join of embeddings/{key}/ ({e}); siftbench "
+                            f"keeps it in {index_dir}: make embeddings/{key}/ writable") from None
     return DerivedJoin(folder, index["files"], np.asarray(index["offsets"], dtype=np.int64), index["counts"])
+
+
+def _recorded(index_dir: Path) -> Any:
+    try:
+        return json.loads((index_dir / STAGE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _read_index(index_dir: Path) -> dict[str, Any] | None:
@@ -354,47 +390,75 @@ def _identity(path: Path) -> dict[str, int]:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
 
 
-def _build_join(pool: Pool, files: list[Path], index_dir: Path) -> None:
-    """Write ``<metadata shard>.npy`` (int64: each metadata row's row in the npz files' concatenation, -1
-    for none) for every shard, then ``index.json`` (files, offsets, counts), the join's completion marker.
+def _compute_join(pool: Pool, files: list[Path]) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """For every metadata shard, each row's row in the npz files' concatenation (int64, -1 for none); and
+    the join's index.json (files, row offsets, counts). Writes nothing.
 
     The npz uids are sorted once; each shard's uids are then found by binary search. 12.8M rows: about
-    9 s on 2 cores, 0.7 GB at the peak."""
+    9 s on 2 cores, 0.8 GB at the peak."""
     highs, lows = [], []
     for path in files:
-        with _open_npz(path) as z:
-            uids = _read_member(z, "uid", path)
-        if uids.dtype != UID_DTYPE or uids.ndim != 1:
-            raise PoolError(f"{path}: 'uid' has dtype {uids.dtype} and shape {uids.shape}, expected a 1-D "
-                            f"{UID_DTYPE.descr} array (core.uids.hex_to_uids); delete it and rerun the stage that "
-                            f"wrote {path.parent.name}/")
+        uids = _derived_uids(path)
         highs.append(uids["f0"].copy())
         lows.append(uids["f1"].copy())
     offsets = np.cumsum([0, *map(len, highs)])
     derived = _SortedUids.of(highs, lows)
     used = np.zeros(len(derived.high), dtype=bool)  # by sorted position
-    counts = dict.fromkeys(("metadata_rows", "joined", "missing"), 0)
-    for path, shard in zip(pool.metadata_files, pool.shard_names, strict=True):
+    rows = []
+    for path in pool.metadata_files:
         try:
-            wanted = hex_to_uids(pq.read_table(path, columns=["uid"]).column("uid"))
+            wanted = hex_to_uids(_read_parquet(path, ["uid"]).column("uid"))
         except ValueError as e:
             raise PoolError(f"{path}: {e}") from None
-        except Exception as e:  # pyarrow raises several types for a damaged file
-            raise PoolError(f"{path}: unreadable parquet ({e}); re-download or regenerate this shard") from None
         found = derived.find(wanted)
-        hit = found >= 0
-        used[found[hit]] = True
-        rows = np.where(hit, derived.order[found], -1)
-        counts["metadata_rows"] += len(rows)
-        counts["joined"] += int(hit.sum())
-        with atomic_path(index_dir / f"{shard}.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, rows, allow_pickle=False)
-    counts["missing"] = counts["metadata_rows"] - counts["joined"]
+        used[found[found >= 0]] = True
+        rows.append(np.where(found >= 0, derived.order[found], -1))
     first = derived.firsts()
-    counts.update(derived_rows=len(first), not_in_metadata=int((first & ~used).sum()),
-                  duplicate_derived_rows=int((~first).sum()))
-    write_json(index_dir / "index.json", {"files": [f.name for f in files], "offsets": offsets.tolist(),
-                                          "counts": counts})
+    counts = {"metadata_rows": sum(map(len, rows)), "joined": int(sum((r >= 0).sum() for r in rows))}
+    counts.update(missing=counts["metadata_rows"] - counts["joined"], derived_rows=len(first),
+                  not_in_metadata=int((first & ~used).sum()), duplicate_derived_rows=int((~first).sum()))
+    return rows, {"files": [f.name for f in files], "offsets": offsets.tolist(), "counts": counts}
+
+
+def _derived_uids(path: Path) -> np.ndarray:
+    """The uid array of one derived npz, after checking every array in it from its header alone: no
+    Python objects, as many rows as uids."""
+    fix = f"delete it and rerun the stage that wrote {path.parent.name}/"
+    headers = _npz_headers(path)
+    if "uid" not in headers:
+        raise PoolError(f"{path}: no 'uid' array (it has {sorted(headers)}); siftbench's derived files store the "
+                        f"uids of their rows: {fix}")
+    for name, (_, dtype) in headers.items():
+        if dtype.hasobject:
+            raise PoolError(f"{path}: {name!r} holds Python objects (a pickle), which siftbench never loads; {fix}")
+    shape, dtype = headers["uid"]
+    if dtype != UID_DTYPE or len(shape) != 1:
+        raise PoolError(f"{path}: 'uid' has dtype {dtype} and shape {shape}, expected a 1-D {UID_DTYPE.descr} array "
+                        f"(core.uids.hex_to_uids); {fix}")
+    for name, (other, _) in headers.items():
+        if not other or other[0] != shape[0]:
+            raise PoolError(f"{path}: {name!r} has {other[0] if other else 0} rows but 'uid' has {shape[0]}; {fix}")
+    with _open_npz(path) as z:
+        return _read_member(z, "uid", path)
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of every array of an npz, from the .npy headers (no array is read)."""
+    headers = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.filename.endswith(".npy"):
+                    with archive.open(info) as f:
+                        version = np.lib.format.read_magic(f)
+                        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                            np.lib.format.read_array_header_2_0
+                        shape, _, dtype = read(f)
+                    headers[info.filename[:-4]] = (shape, dtype)
+    except Exception as e:  # not a zip, a damaged member: zipfile, zlib and numpy errors of many types
+        raise PoolError(f"{path}: unreadable npz ({' '.join(str(e).split())}); delete it and rerun the stage that "
+                        f"wrote {path.parent.name}/") from None
+    return headers
 
 
 @dataclass
