@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from siftbench.benchmark.core.errors import SiftbenchError
+from siftbench.benchmark.core.errors import ArgumentParser, SiftbenchError, out_file, out_folder
 from siftbench.benchmark.core.scales import check_scale_name
 
 from . import store
@@ -84,10 +84,10 @@ def add_leaderboard_commands(subparsers: Any) -> None:
     show.add_argument("--format", default="table", choices=("table", "csv", "markdown", "json"), help="output format")
     show.set_defaults(func=cmd_show)
     export.add_argument("--format", default="csv", choices=("csv", "markdown", "json"), help="file format")
-    export.add_argument("--out", type=Path, required=True, help="file to write")
+    export.add_argument("--out", type=out_file, required=True, help="file to write")
     export.set_defaults(func=cmd_export)
     build = actions.add_parser("build", help="write the static web page (works offline)")
-    build.add_argument("--out", type=Path, default=Path("site"), help="folder for the page")
+    build.add_argument("--out", type=out_folder, default=Path("site"), help="folder for the page")
     _store_arg(build)
     build.set_defaults(func=cmd_build)
     serve = actions.add_parser("serve", help="serve the built page on http://127.0.0.1:PORT")
@@ -170,9 +170,7 @@ def cmd_screenshot(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m siftbench.leaderboard", description=__doc__.splitlines()[0]
-    )
+    parser = ArgumentParser(prog="python -m siftbench.leaderboard", description=__doc__.splitlines()[0])
     add_leaderboard_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     return parser
 
@@ -182,9 +180,9 @@ def main(argv: list[str] | None = None, submit_kwargs: dict[str, Any] | None = N
 
     ``submit_kwargs`` reach ``submit()`` (e.g. another re-evaluator), for programs that embed the CLI.
     """
-    args = build_parser().parse_args(argv)
-    args.submit_kwargs = submit_kwargs
     try:
+        args = build_parser().parse_args(argv)
+        args.submit_kwargs = submit_kwargs
         return int(args.func(args))
     except SiftbenchError as e:
         print(f"siftbench: error: {e}", file=sys.stderr)

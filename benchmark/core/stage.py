@@ -64,7 +64,11 @@ def stage_folder(
     """
     folder = Path(folder)
     stage = wanted["stage"]
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise StageError(f"{folder}: a file is in the way (the {stage} stage writes a folder here); give a folder "
+                         "path, or move the file") from None
     with exclusive(folder, stage):
         remove_dead_temporaries(folder)
         path = folder / STAGE_FILE

@@ -9,10 +9,17 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from siftbench.benchmark.core.errors import ConfigError, SiftbenchError
+from siftbench.benchmark.core.errors import (
+    ArgumentParser,
+    ConfigError,
+    SiftbenchError,
+    StageError,
+    out_folder,
+)
 
 EXAMPLES = """examples:
   siftbench run                                         # no_filter on the embedded world, scale tiny
@@ -32,17 +39,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # when it is first imported, which happens inside the subcommands.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
-    # Overrides may come after options (`filter POOL --out DIR filter=basic`): argparse leaves those over.
-    args, extra = parser.parse_known_args(argv)
-    stray = [a for a in extra if a.startswith("-") or "=" not in a]
-    if stray or (extra and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
-    if extra:
-        args.overrides = [*args.overrides, *extra]
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 1
     try:
+        # Overrides may come after options (`filter POOL --out DIR filter=basic`): argparse leaves those over.
+        args, extra = parser.parse_known_args(argv)
+        stray = [a for a in extra if a.startswith("-") or "=" not in a]
+        if stray or (extra and not hasattr(args, "overrides")):
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        if extra:
+            args.overrides = [*args.overrides, *extra]
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 1
         return args.func(args) or 0
     except SiftbenchError as e:
         print(f"siftbench: error: {e}", file=sys.stderr)
@@ -52,8 +59,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def seed(value: str) -> int:
+    """An argparse type: a seed is a whole number >= 0 (numpy and torch refuse negative ones, later)."""
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a seed; give a whole number >= 0, e.g. 0")
+    return int(value)
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum`` (a count of processes, rows, seconds...)."""
+    def whole_number(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"{number} is below {minimum}; give a whole number >= {minimum}")
+        return number
+
+    return whole_number
+
+
+def config_seed(cfg: Any) -> int:
+    """``seed=`` of a composed config as an int, or one clear error (it reaches numpy and torch as given)."""
+    value = cfg.seed
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())) \
+            or int(value) < 0:
+        raise ConfigError(f"seed={value!r} is not a seed; give a whole number >= 0, e.g. seed=0")
+    return int(value)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="siftbench",
         description="Benchmark dataset-curation strategies: filter a pool, train CLIP at a fixed budget, evaluate, rank.",
         epilog=EXAMPLES,
@@ -63,18 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     overrides_help = "Hydra overrides, key=value (e.g. filter=clip_score scale=toy seed=1)"
 
     p = sub.add_parser("run", help="one experiment: filter -> reshard -> train -> evaluate")
-    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("overrides", nargs="*", default=[], help=overrides_help)
     p.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("baselines", help="the baseline strategies over several seeds, as a markdown table")
-    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("overrides", nargs="*", default=[], help=overrides_help)
     p.add_argument("--seeds", nargs="+", default=["0", "1", "2"], metavar="SEED",
                    help="training seeds, each strategy trained once per seed (default: 0 1 2)")
     p.add_argument("--experiment", default="baselines",
                    help="the strategy set: configs/experiment/<name>.yaml (baselines, filters)")
     p.add_argument("--strategies", nargs="+", help="labels from the experiment's strategies (default: all)")
-    p.add_argument("--out", type=Path, help="also write the table (.md) and its numbers (.json) here")
+    p.add_argument("--out", type=out_folder, help="also write the table (.md) and its numbers (.json) here")
     p.add_argument("--submit", action="store_true", help="submit every run to the leaderboard store")
     p.add_argument("--store", type=Path, help="leaderboard store (default: leaderboard.sqlite)")
     p.add_argument("--collect-only", action="store_true",
@@ -82,31 +119,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baselines)
 
     p = sub.add_parser("world", help="generate the embedded synthetic world (cached) and print where it is")
-    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("overrides", nargs="*", default=[], help=overrides_help)
     p.set_defaults(func=cmd_world)
 
     p = sub.add_parser("download", help="download a pool from metadata parquet files (uid, url, text) with img2dataset")
     p.add_argument("metadata", type=Path, help="folder of *.parquet (and optional same-named *.npz), e.g. DataComp's")
-    p.add_argument("--out", type=Path, required=True, help="pool folder to write (rerun the same command to resume)")
+    p.add_argument("--out", type=out_folder, required=True, help="pool folder to write (rerun the same command to resume)")
     p.add_argument("--distributor", choices=["multiprocessing", "pyspark", "ray"], default="multiprocessing",
                    help="img2dataset's distributor: processes here, or a Spark / Ray cluster")
-    p.add_argument("--processes", type=int, help="download processes (default: CPU count)")
-    p.add_argument("--threads", type=int, default=64, help="download threads per process")
-    p.add_argument("--samples-per-shard", type=int, default=10_000, help="samples per pool tar (DataComp: 10,000)")
-    p.add_argument("--image-size", type=int, default=512, help="longest side, resized only if bigger")
+    p.add_argument("--processes", type=at_least(1), help="download processes (default: CPU count)")
+    p.add_argument("--threads", type=at_least(1), default=64, help="download threads per process")
+    p.add_argument("--samples-per-shard", type=at_least(1), default=10_000, help="samples per pool tar (DataComp: 10,000)")
+    p.add_argument("--image-size", type=at_least(1), default=512, help="longest side, resized only if bigger")
     p.add_argument("--no-verify-hash", action="store_true", help="keep images whose sha256 differs from the metadata's")
     p.add_argument("--no-blur-faces", action="store_true", help="ignore the metadata's face_bboxes")
-    p.add_argument("--timeout", type=int, default=10, help="seconds per request")
-    p.add_argument("--retries", type=int, default=0, help="retries per failed request")
+    p.add_argument("--timeout", type=at_least(1), default=10, help="seconds per request")
+    p.add_argument("--retries", type=at_least(0), default=0, help="retries per failed request")
     p.add_argument("--url-col", default="url", help="the metadata column holding image URLs")
     p.add_argument("--caption-col", default="text", help="the metadata column holding captions")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("filter", help="score + select over a pool: writes subset.npy and subset_stats.json")
     p.add_argument("pool", type=Path, help="a pool folder in DataComp's layout (metadata/, shards/)")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--out", type=out_folder, required=True,
                    help="folder for subset.npy, subset_stats.json and scores/ (rerun the same command to resume)")
-    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("overrides", nargs="*", default=[], help=overrides_help)
     p.set_defaults(func=cmd_filter)
 
     p = sub.add_parser("embed", help="embed a pool's images and captions with an open_clip model")
@@ -117,39 +154,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="a local checkpoint file")
     p.add_argument("--key", help="name of the embeddings (default: the architecture; 'scorer' for --pretrained world)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (a GPU when there is one)")
-    p.add_argument("--batch-size", type=int, default=256, help="pairs per model call")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--batch-size", type=at_least(1), default=256, help="pairs per model call")
+    p.add_argument("--workers", type=at_least(0), default=None,
                    help="processes that read, decode and preprocess shards while the model runs (0: none; "
                         "default on a GPU: one per core but one, up to 16; 0 on the CPU, where a worker would take "
                         "cores from the model)")
-    p.add_argument("overrides", nargs="*", help="executor=ray [executor.address=auto ...] runs shards on Ray actors")
+    p.add_argument("overrides", nargs="*", default=[], help="executor=ray [executor.address=auto ...] runs shards on Ray actors")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("reshard", help="pool + subset.npy -> training shards (repeats honoured)")
     p.add_argument("pool", type=Path, help="the pool folder the subset's uids come from")
     p.add_argument("subset", type=Path, help="subset.npy (DataComp's format; a uid listed k times is trained k times)")
-    p.add_argument("--out", type=Path, required=True, help="folder for the training tars and manifest.json")
-    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle that spreads repeats over shards")
-    p.add_argument("--workers", type=int, default=1, help="processes reading and writing tars")
+    p.add_argument("--out", type=out_folder, required=True, help="folder for the training tars and manifest.json")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the shuffle that spreads repeats over shards")
+    p.add_argument("--workers", type=at_least(0), default=1, help="processes reading and writing tars")
     p.set_defaults(func=cmd_reshard)
 
     p = sub.add_parser("train", help="train CLIP on training shards at a fixed scale")
     p.add_argument("shards", type=Path, help="the folder reshard wrote (training tars + manifest.json)")
     p.add_argument("--scale", default="toy", help="the budget and hyperparameters: configs/scale/<name>.yaml "
                                                   "(siftbench scales lists them)")
-    p.add_argument("--out", type=Path, required=True, help="folder for checkpoints, logs and train_stats.json")
-    p.add_argument("--seed", type=int, default=0, help="training seed (data order and initial weights)")
+    p.add_argument("--out", type=out_folder, required=True, help="folder for checkpoints, logs and train_stats.json")
+    p.add_argument("--seed", type=seed, default=0, help="training seed (data order and initial weights)")
     p.add_argument("--device", help="cpu (default), or cuda (default with --slurm)")
-    p.add_argument("--nproc", type=int, default=1, help="processes (torchrun) on this machine")
+    p.add_argument("--nproc", type=at_least(1), default=1, help="processes (torchrun) on this machine")
     slurm = p.add_argument_group("SLURM (writes an sbatch script and prints the sbatch command; submits nothing)")
     slurm.add_argument("--slurm", action="store_true", help="write <out>/slurm/train.sbatch instead of training")
-    slurm.add_argument("--nodes", type=int, default=1, help="nodes per job")
-    slurm.add_argument("--gpus-per-node", type=int, default=8, help="GPUs (processes) per node")
+    slurm.add_argument("--nodes", type=at_least(1), default=1, help="nodes per job")
+    slurm.add_argument("--gpus-per-node", type=at_least(1), default=8, help="GPUs (processes) per node")
     slurm.add_argument("--partition", help="SLURM partition (default: the cluster's)")
     slurm.add_argument("--account", help="SLURM account to charge")
     slurm.add_argument("--time", default="24:00:00", help="time limit per job (a requeued job starts a new one)")
-    slurm.add_argument("--cpus-per-task", type=int, help="CPUs per node (default: gpus x (loader workers + 1))")
-    slurm.add_argument("--per-gpu-batch", type=int,
+    slurm.add_argument("--cpus-per-task", type=at_least(1), help="CPUs per node (default: gpus x (loader workers + 1))")
+    slurm.add_argument("--per-gpu-batch", type=at_least(1),
                        help="largest batch that fits one GPU; the rest is gradient accumulation")
     slurm.add_argument("--requeue", action=argparse.BooleanOptionalAction, default=True,
                        help="requeue near the time limit / on preemption and resume from the latest checkpoint")
@@ -165,14 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="world", help="configs/eval/<name>.yaml (world, datacomp) or a suite YAML path")
     p.add_argument("--eval-root", type=Path, help="folder with the suite's datasets (default: the world's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", type=Path, help="also write evaluation.json and DataComp's eval_results.jsonl here")
+    p.add_argument("--out", type=out_folder, help="also write evaluation.json and DataComp's eval_results.jsonl here")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("scales", help="print the scale table (DataComp's scales and the CPU ones)")
     p.set_defaults(func=cmd_scales)
 
     p = sub.add_parser("bench", help="speed benchmarks: training data path vs compute-only, metadata scan rate")
-    p.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic metadata pool")
+    p.add_argument("--rows", type=at_least(1), default=1_000_000, help="rows of the synthetic metadata pool")
     p.add_argument("--skip-training", action="store_true", help="leave out the training throughput section")
     p.add_argument("--only", help="comma-separated sections instead of the default ones: "
                                    "scan, training, filters, embed (stage vs in-memory model), scaling (1M vs 5M rows)")
@@ -194,6 +231,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from siftbench.benchmark.experiment.runner import run_experiment
 
     cfg = compose_config(args.overrides)
+    config_seed(cfg)
     if args.show_config:
         from omegaconf import OmegaConf
 
@@ -257,8 +295,9 @@ def cmd_filter(args: argparse.Namespace) -> int:
     from siftbench.benchmark.stages.select import run_filter
 
     cfg = compose_config(args.overrides)
+    seed = config_seed(cfg)
     import_plugins(cfg.plugins)
-    stats = run_filter(args.pool, to_dict(cfg.filter), args.out, seed=int(cfg.seed),
+    stats = run_filter(args.pool, to_dict(cfg.filter), args.out, seed=seed,
                        executor=make_executor(to_dict(cfg.executor)))
     print(json.dumps(stats, indent=2))
     return 0
@@ -292,7 +331,11 @@ def cmd_reshard(args: argparse.Namespace) -> int:
     from siftbench.benchmark.core.uids import read_subset
     from siftbench.benchmark.stages.reshard import reshard
 
-    print(json.dumps(reshard(args.pool, read_subset(args.subset), args.out, seed=args.seed, workers=args.workers), indent=2))
+    subset = read_subset(args.subset)
+    if not len(subset):
+        raise StageError(f"{args.subset}: holds no uids, so there is nothing to reshard or train on; "
+                         "check the filter's subset_stats.json (what each step dropped) and loosen it")
+    print(json.dumps(reshard(args.pool, subset, args.out, seed=args.seed, workers=args.workers), indent=2))
     return 0
 
 
@@ -317,7 +360,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from siftbench.benchmark.experiment.evaluate_run import evaluate_main
+    from siftbench.benchmark.stages.models import read_architecture_file
 
+    # What the user named must exist before the suite is read and a model built (seconds each).
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise StageError(f"--checkpoint {args.checkpoint}: no such file; give a weights file (open_clip_train's "
+                         "epoch_N.pt or a state dict)")
+    if args.model is not None and args.model.endswith(".json"):
+        read_architecture_file(args.model)
     print(json.dumps(evaluate_main(args), indent=2))
     return 0
 

@@ -49,10 +49,18 @@ def _from_run_dir(run_dir: Path) -> tuple[str, Path, Any]:
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
         raise StageError(f"{run_dir}: no config.yaml; is this a `siftbench run` directory?")
-    cfg = OmegaConf.load(config_file)
+    try:
+        cfg = OmegaConf.load(config_file)
+    except Exception as e:  # yaml and OmegaConf raise several types for a damaged file
+        raise StageError(f"{config_file}: unreadable ({' '.join(str(e).split())}); it is the run's config, "
+                         "written by `siftbench run`: rerun the run into a new folder") from None
     results = run_dir / "results.json"
     if results.is_file():
-        model = json.loads(results.read_text()).get("model") or {}
+        try:
+            model = json.loads(results.read_text()).get("model") or {}
+        except (ValueError, AttributeError) as e:
+            raise StageError(f"{results}: not a results file ({e}); delete it and rerun `siftbench run` with the "
+                             "same arguments to evaluate again") from None
         if model.get("arch") and model.get("checkpoint"):
             checkpoint = Path(model["checkpoint"])
             return model["arch"], checkpoint if checkpoint.is_absolute() else run_dir / checkpoint, cfg

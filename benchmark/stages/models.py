@@ -32,14 +32,7 @@ def resolve_architecture(arch: str) -> str:
     register_model_configs()
     if arch.endswith(".json"):
         path = Path(arch)
-        if not path.is_file():
-            raise ConfigError(f"architecture file {arch} does not exist; give an open_clip config JSON or a name")
-        try:
-            config = json.loads(path.read_text())
-        except ValueError as e:
-            raise ConfigError(f"{arch}: not valid JSON ({e}); an architecture file is an open_clip model config") from None
-        if not isinstance(config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(config):
-            raise ConfigError(f"{arch}: an open_clip model config needs embed_dim, vision_cfg and text_cfg")
+        config = read_architecture_file(path)
         known = open_clip.get_model_config(path.stem)
         if known is not None and known != config:
             raise ConfigError(f"{arch}: open_clip already has a different architecture named {path.stem!r}; "
@@ -50,6 +43,20 @@ def resolve_architecture(arch: str) -> str:
         raise ConfigError(f"unknown architecture {arch!r}; open_clip knows e.g. ViT-B-32, and siftbench adds "
                           f"{register_model_configs()} (or give the path of an architecture .json)")
     return arch
+
+
+def read_architecture_file(path: str | Path) -> dict[str, Any]:
+    """An open_clip architecture config read from ``path`` and checked (no open_clip import: it takes seconds)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"architecture file {path} does not exist; give an open_clip config JSON or a name")
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e}); an architecture file is an open_clip model config") from None
+    if not isinstance(config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(config):
+        raise ConfigError(f"{path}: an open_clip model config needs embed_dim, vision_cfg and text_cfg")
+    return config
 
 
 def load_model(arch: str, checkpoint: str | Path | None = None, pretrained: str | None = None, device: str = "cpu"):
