@@ -56,7 +56,7 @@ def test_read_subset_refuses_unsorted(tmp_path):
 
 def test_read_subset_never_unpickles(tmp_path):
     np.save(tmp_path / "s.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(SubsetError, match="without unpickling"):
+    with pytest.raises(SubsetError, match="holds pickled Python objects, which siftbench never unpickles"):
         read_subset(tmp_path / "s.npy")
 
 

@@ -121,13 +121,18 @@ def read_subset(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise SubsetError(f"{path}: no such subset file")
+    how = "a subset is a plain u8,u8 array, written with siftbench.benchmark.core.uids.write_subset"
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":  # np.load would try to unpickle anything else
+            raise SubsetError(f"{path}: not a .npy file (no NumPy header; a pickle, npz or text file?); {how}")
     try:
         uids = np.load(path, allow_pickle=False)
-    except ValueError as e:  # numpy refuses object arrays without allow_pickle
-        raise SubsetError(
-            f"{path}: cannot be read without unpickling ({e}); a subset must be a plain u8,u8 array, "
-            "written with siftbench.benchmark.core.uids.write_subset"
-        ) from None
+    except ValueError as e:  # numpy refuses object arrays without allow_pickle, and says so
+        if "allow_pickle" in str(e):
+            raise SubsetError(f"{path}: holds pickled Python objects, which siftbench never unpickles; {how}") from None
+        raise SubsetError(f"{path}: unreadable .npy ({e}); {how}") from None
+    except (OSError, EOFError) as e:  # a header cut short, or not numpy's
+        raise SubsetError(f"{path}: unreadable .npy ({e}); {how}") from None
     return validate_subset(uids, where=str(path))
 
 
