@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import time
 from collections import deque
 from pathlib import Path
@@ -273,7 +274,7 @@ def _shards(shards_dir: Path) -> tuple[str, int, dict[str, Any]]:
     """The brace pattern of the training shards, their number, and what identifies them."""
     manifest_path = shards_dir / "manifest.json"
     if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
+        manifest = _read_manifest(manifest_path)
         names, pattern = manifest["shards"], manifest["pattern"]
         identity = {"subset_sha256": manifest.get("subset_sha256"), "num_samples": manifest.get("num_samples"),
                     "num_shards": len(names), "reshard_seed": manifest.get("seed")}
@@ -291,7 +292,33 @@ def _shards(shards_dir: Path) -> tuple[str, int, dict[str, Any]]:
     missing = [n for n in names if not (shards_dir / n).is_file()]
     if missing:
         raise StageError(f"{shards_dir}: shard(s) {missing[:3]} listed in manifest.json are missing; rerun reshard")
+    for name in names:
+        _check_tar_start(shards_dir / name)
     return str(shards_dir / pattern), len(names), identity
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    fix = "rerun reshard into a new folder (it writes manifest.json last, once every shard is written)"
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StageError(f"{path}: not valid JSON ({e}); {fix}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list) \
+            or not isinstance(manifest.get("pattern"), str):
+        raise StageError(f"{path}: no 'shards' list and 'pattern' string, as reshard writes them; {fix}")
+    return manifest
+
+
+def _check_tar_start(path: Path) -> None:
+    """A training shard must start with a tar header: an empty or foreign file would make the loader wait
+    forever for samples (resampled webdataset) instead of failing. One block read per shard."""
+    with open(path, "rb") as f:
+        block = f.read(tarfile.BLOCKSIZE)
+    try:
+        tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+    except tarfile.HeaderError as e:
+        found = "an empty file" if not block else "an empty tar" if not block.strip(b"\0") else f"not a tar ({e})"
+        raise StageError(f"{path}: {found}, not training samples; rerun reshard into a new folder") from None
 
 
 def _run_streaming(command: list[str], env: dict[str, str], out_dir: Path, total: int, per_epoch: int,
