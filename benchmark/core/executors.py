@@ -3,10 +3,14 @@ so the same stage runs in this process, in local worker processes, or on a Ray c
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.progress import progress_bar
@@ -170,9 +174,30 @@ def _with_cached_state(setup: Callable[[], S], fn: Callable[[S, T], R], item: T)
 
 
 def make_executor(cfg: dict | None) -> Executor:
+    """The executor a config names (``executor=ray executor.num_cpus=4``), its fields type-checked."""
     cfg = dict(cfg or {"name": "local"})
     name = cfg.pop("name", "local")
+    cls = EXECUTORS.get(name)
+    if dataclasses.is_dataclass(cls):
+        cfg = _checked_fields(name, cls, cfg)
     try:
-        return EXECUTORS.get(name)(**cfg)
+        return cls(**cfg)
     except TypeError as e:
         raise ConfigError(f"executor {name!r}: {e}") from None
+
+
+def _checked_fields(name: str, cls: type, cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` converted to the dataclass's field types by OmegaConf's rules, or a ConfigError naming the field:
+    ``executor.workers=abc`` would otherwise fail deep inside a stage."""
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = sorted(set(cfg) - set(fields))
+    if unknown:
+        raise ConfigError(f"executor {name!r}: unknown parameter(s) {unknown}; it takes {sorted(fields)}")
+    schema = OmegaConf.structured(cls)
+    for key, value in cfg.items():
+        try:
+            OmegaConf.merge(schema, {key: value})
+        except OmegaConfBaseException:
+            raise ConfigError(f"executor {name!r}: {key}={value!r} has type {type(value).__name__}, expected "
+                              f"{fields[key]}") from None
+    return OmegaConf.to_container(OmegaConf.merge(schema, cfg))  # type: ignore[return-value]
