@@ -108,6 +108,7 @@ MIGRATIONS: list[str] = [
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def default_store_path() -> Path:
@@ -143,13 +144,25 @@ def retry_busy(fn: Callable[[], T], seconds: float = RETRY_SECONDS) -> T:
             delay = min(delay * 2, 0.5)
 
 
-def connect(path: str | Path, migrations: Sequence[str] = MIGRATIONS) -> sqlite3.Connection:
-    """Open (creating if needed) the store at ``path`` and bring its schema up to date."""
+def check_store(path: str | Path) -> None:
+    """Raise StoreError if ``path`` cannot become or be a store (a folder, a file of another kind); writes
+    nothing, so a submission can be refused for it before anything is validated or cached."""
     path = Path(path)
-    if path.exists() and path.is_dir():
+    if path.is_dir():
         raise StoreError(
             f"leaderboard store {path} is a folder; pass a file path such as {path / DEFAULT_STORE}"
         )
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+        if head and head != SQLITE_HEADER:  # an empty file is an empty database to SQLite
+            raise StoreError(f"{path}: not a leaderboard store (not an SQLite file); pass another --store path")
+
+
+def connect(path: str | Path, migrations: Sequence[str] = MIGRATIONS) -> sqlite3.Connection:
+    """Open (creating if needed) the store at ``path`` and bring its schema up to date."""
+    path = Path(path)
+    check_store(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     try:

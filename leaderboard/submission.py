@@ -76,6 +76,7 @@ def submit(
         )
     name, track = check_name(name), check_track(track)
     store_path = Path(store_path) if store_path is not None else store.default_store_path()
+    store.check_store(store_path)  # before validation writes its uid index beside it
     if reevaluate == HARNESS:
         reevaluate = harness_reevaluate
     index_cache = store_path.with_name(store_path.name + "-uid-index")
