@@ -273,13 +273,11 @@ def _check_task(spec: TaskSpec, data: TaskData, where: str) -> TaskSpec:
 
 
 def _missing_message(config: Mapping[str, Any], missing: list[TaskSpec], root: Path, where: str) -> str:
-    lines = [f"{where}: {len(missing)} eval task folder(s) missing under {root}:"]
-    for spec in missing:
-        lines.append(f"  {spec.name}: {root / spec.path}" + (f"  (get it from {spec.source})" if spec.source else ""))
-    if config.get("missing_hint"):
-        lines.append(str(config["missing_hint"]).strip())
-    lines.append("Or pass allow_missing=True to skip them (the results then say which were skipped).")
-    return "\n".join(lines)
+    # One line, as every user error is printed: the tasks with their folders under root, then how to get them.
+    tasks = ", ".join(f"{spec.name} ({spec.path}{f', from {spec.source}' if spec.source else ''})" for spec in missing)
+    hint = " ".join(str(config.get("missing_hint") or "").split()).rstrip(".")
+    return (f"{where}: {len(missing)} eval task folder(s) missing under {root}: {tasks}; {hint + '; ' if hint else ''}"
+            "or pass allow_missing=True to skip them (the results then say which were skipped)")
 
 
 def _definition_hash(name: str, version: int, specs: list[TaskSpec]) -> str:

@@ -213,7 +213,7 @@ def test_missing_folder_is_an_error_unless_allowed(eval_root: Path):
     yaml_file = eval_root.parent / "tiny.yaml"
     yaml_file.write_text(SUITE_YAML + "  - {name: gone, path: gone, type: zeroshot_retrieval, "
                          "main_metric: mean_recall@1, version: 1, source: hf://datasets/x/gone}\n")
-    with pytest.raises(MissingDatasetError, match=r"(?s)gone: .*eval/gone.*hf://datasets/x/gone.*allow_missing"):
+    with pytest.raises(MissingDatasetError, match=r"missing under .*eval: gone \(gone, from hf://datasets/x/gone\); or pass allow_missing"):
         load_suite(yaml_file, eval_root)
     suite = load_suite(yaml_file, eval_root, allow_missing=True)
     assert [t.name for t in suite.tasks] == ["colours", "colours_balanced", "captions"]
