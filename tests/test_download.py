@@ -346,3 +346,16 @@ def test_datacomp_layout_with_one_metadata_file_for_three_tars(site, tmp_path, c
     assert abs(len(kept) - 0.3 * 54) <= 1
     threshold = min(scores[u] for u in kept)
     assert sorted(kept) == sorted(u for u, s in scores.items() if s >= threshold)  # from all three tars
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1 not really parquet PAR1"])
+def test_a_damaged_metadata_file_is_one_error_line_before_anything_starts(tmp_path, capsys, content):
+    folder = tmp_path / "metadata"
+    folder.mkdir()
+    pq.write_table(pa.table({"uid": ["ab" * 16], "url": ["http://127.0.0.1:9/x.jpg"], "text": ["x"]}),
+                   folder / "a.parquet")
+    (folder / "b.parquet").write_bytes(content)
+    assert _download(folder, tmp_path / "pool") == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("siftbench: error: download: ") and "b.parquet: unreadable" in err[0]
+    assert not (tmp_path / "pool").exists()

@@ -123,7 +123,7 @@ class Pool:
         keys: list[str] = []
         own = self.root / "metadata" / f"{self.shard_names[0]}.npz"
         if own.exists():
-            with np.load(own, allow_pickle=False) as z:
+            with _open_npz(own, _METADATA_NPZ_FIX) as z:
                 keys += [k for k in z.files if k != "uid"]
         for folder in self.derived_dirs():
             first = next(iter(sorted(folder.glob("*.npz"))), None)
@@ -195,10 +195,10 @@ class Pool:
         own_npz = self.root / "metadata" / f"{shard}.npz"
         pending = [e for e in embeddings if e not in emb]
         if pending and own_npz.exists():
-            with np.load(own_npz, allow_pickle=False) as z:
+            with _open_npz(own_npz, _METADATA_NPZ_FIX) as z:
                 for key in pending:
                     if key in z.files:
-                        emb[key] = _check_rows(z[key], len(frame), own_npz, key)
+                        emb[key] = _check_rows(_read_member(z, key, own_npz, _METADATA_NPZ_FIX), len(frame), own_npz, key)
         for key in embeddings:
             if key not in emb:
                 raise MissingColumnError(f"shard {shard}: embedding {key!r} not found in {own_npz} or embeddings/")
@@ -310,23 +310,30 @@ def _owner(name: str, folders: dict[str, Path]) -> str | None:
     return None
 
 
-def _open_npz(path: Path) -> Any:
+_METADATA_NPZ_FIX = "re-download it with its parquet (the npz follows the parquet's rows)"
+
+
+def _open_npz(path: Path, fix: str | None = None) -> Any:
     try:
         return np.load(path, allow_pickle=False)
     except Exception as e:  # a truncated or foreign file: zipfile, numpy and OS errors of many types
-        raise PoolError(f"{path}: unreadable npz ({e}); delete it and rerun the stage that wrote "
-                        f"{path.parent.name}/") from None
+        raise PoolError(f"{path}: unreadable npz ({' '.join(str(e).split())}); "
+                        f"{fix or _derived_fix(path)}") from None
 
 
-def _read_member(z: Any, member: str, path: Path) -> np.ndarray:
+def _read_member(z: Any, member: str, path: Path, fix: str | None = None) -> np.ndarray:
     try:
         return z[member]
     except KeyError:
         raise PoolError(f"{path}: no {member!r} array (it has {z.files}); every npz of {path.parent.name}/ must "
-                        f"hold the same arrays: delete it and rerun the stage that wrote {path.parent.name}/") from None
-    except Exception as e:  # a damaged member: zipfile, zlib or numpy errors
-        raise PoolError(f"{path}: array {member!r} unreadable ({e}); delete it and rerun the stage that wrote "
-                        f"{path.parent.name}/") from None
+                        f"hold the same arrays: {fix or _derived_fix(path)}") from None
+    except Exception as e:  # a damaged member, a pickle: zipfile, zlib or numpy errors
+        raise PoolError(f"{path}: array {member!r} unreadable ({' '.join(str(e).split())}); "
+                        f"{fix or _derived_fix(path)}") from None
+
+
+def _derived_fix(path: Path) -> str:
+    return f"delete it and rerun the stage that wrote {path.parent.name}/"
 
 
 # -- the uid join of a derived folder -------------------------------------------------------------------
@@ -423,7 +430,7 @@ def _compute_join(pool: Pool, files: list[Path]) -> tuple[list[np.ndarray], dict
 def _derived_uids(path: Path) -> np.ndarray:
     """The uid array of one derived npz, after checking every array in it from its header alone: no
     Python objects, as many rows as uids."""
-    fix = f"delete it and rerun the stage that wrote {path.parent.name}/"
+    fix = _derived_fix(path)
     headers = _npz_headers(path)
     if "uid" not in headers:
         raise PoolError(f"{path}: no 'uid' array (it has {sorted(headers)}); siftbench's derived files store the "
@@ -456,8 +463,7 @@ def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                         shape, _, dtype = read(f)
                     headers[info.filename[:-4]] = (shape, dtype)
     except Exception as e:  # not a zip, a damaged member: zipfile, zlib and numpy errors of many types
-        raise PoolError(f"{path}: unreadable npz ({' '.join(str(e).split())}); delete it and rerun the stage that "
-                        f"wrote {path.parent.name}/") from None
+        raise PoolError(f"{path}: unreadable npz ({' '.join(str(e).split())}); {_derived_fix(path)}") from None
     return headers
 
 

@@ -153,7 +153,7 @@ def download_pool(
     }
     # What decides the shards' contents; where the metadata sits and how fast shards are fetched
     # (processes, threads, timeout) may change between runs.
-    inputs = {"metadata_files": [[f.name, pq.ParquetFile(f).metadata.num_rows] for f in files], "settings": settings}
+    inputs = {"metadata_files": [[f.name, _input_file_rows(f)] for f in files], "settings": settings}
     with stage_folder(out, fingerprint("download", STAGE_VERSION, inputs), on_change="refuse", what="a pool",
                       fix="download into a new folder, or delete that one to start over",
                       check_unclaimed=_no_foreign_pool):
@@ -197,7 +197,7 @@ def plan_shards(files: list[Path], samples_per_shard: int) -> list[PlannedShard]
     """The shards img2dataset makes of these files: consecutive ids, ``samples_per_shard`` rows each per file."""
     plan: list[PlannedShard] = []
     for f in files:
-        rows = pq.ParquetFile(f).metadata.num_rows
+        rows = _input_file_rows(f)
         for k in range(math.ceil(rows / samples_per_shard)):
             plan.append(PlannedShard(len(plan), f, k * samples_per_shard, min(rows, (k + 1) * samples_per_shard)))
     return plan
@@ -210,16 +210,36 @@ def _input_files(metadata_dir: Path, url_col: str, caption_col: str) -> tuple[li
     files = sorted(metadata_dir.glob("*.parquet"), key=str)
     if not files:
         raise PoolError(f"download: no *.parquet in {metadata_dir}; DataComp's metadata has uid, url, text columns")
-    schema = pq.read_schema(files[0])
+    schema = _input_schema(files[0])
     for f in files[1:]:
-        if pq.read_schema(f).names != schema.names:
-            raise PoolError(f"download: {f.name} has columns {pq.read_schema(f).names}, {files[0].name} has "
+        if _input_schema(f).names != schema.names:
+            raise PoolError(f"download: {f.name} has columns {_input_schema(f).names}, {files[0].name} has "
                             f"{schema.names}; every metadata file needs the same columns")
+        _input_file_rows(f)
     missing = [c for c in ("uid", url_col, caption_col) if c not in schema.names]
     if missing:
         raise PoolError(f"download: {files[0]} lacks column(s) {missing}; it has {schema.names} "
                         "(name other url/caption columns with --url-col / --caption-col)")
     return files, schema
+
+
+def _input_schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise _unreadable_input(path, e) from None
+
+
+def _input_file_rows(path: Path) -> int:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise _unreadable_input(path, e) from None
+
+
+def _unreadable_input(path: Path, error: Exception) -> PoolError:
+    reason = " ".join(str(error).split())  # pyarrow's messages run over several lines
+    return PoolError(f"download: {path}: unreadable ({reason}); replace it with a good copy of the metadata file")
 
 
 def _no_foreign_pool(out: Path) -> None:
@@ -300,11 +320,18 @@ def _input_rows(shard: PlannedShard, cache: dict[str, Any]) -> tuple[pa.Table, d
     """The input file's rows and npz arrays; consecutive shards come from the same file, so keep the last one."""
     if cache.get("path") != shard.source:
         cache.clear()
-        cache["path"], cache["table"], cache["npz"] = shard.source, pq.read_table(shard.source, use_threads=False), {}
+        try:
+            table = pq.read_table(shard.source, use_threads=False)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise _unreadable_input(shard.source, e) from None
+        cache["path"], cache["table"], cache["npz"] = shard.source, table, {}
         npz_path = shard.source.with_suffix(".npz")
         if npz_path.exists():
-            with np.load(npz_path, allow_pickle=False) as z:
-                cache["npz"] = {k: z[k] for k in z.files if k != "uid"}
+            try:
+                with np.load(npz_path, allow_pickle=False) as z:
+                    cache["npz"] = {k: z[k] for k in z.files if k != "uid"}
+            except Exception as e:  # not a zip, a damaged or pickled member: zipfile, zlib and numpy errors
+                raise _unreadable_input(npz_path, e) from None
             for key, array in cache["npz"].items():
                 if len(array) != cache["table"].num_rows:
                     raise PoolError(f"download: {npz_path} {key} has {len(array)} rows, {shard.source.name} has "
