@@ -526,6 +526,11 @@ def test_the_table_is_wide() -> None:
                                          "leaderboard"}  # fmt: skip
 
 
+def test_docs_list_every_case() -> None:
+    docs = (Path(__file__).parents[1] / "docs" / "reliability.md").read_text()
+    assert [c.id for c in CASES if f"| {c.id} | {c.family} |" not in docs] == []
+
+
 # The inputs the cases damage work when they are not damaged, so each case fails for its own reason.
 
 
