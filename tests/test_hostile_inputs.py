@@ -114,6 +114,12 @@ def filter_with(*overrides: str, base: list[str] = CLIP) -> Callable[[Path], lis
     return lambda tmp: filter_cmd(tmp, metadata_pool(tmp), *overrides, base=base)
 
 
+def run_cmd(*overrides: str) -> Callable[[Path], list[str]]:
+    """``siftbench run`` on a metadata pool into tmp/out, its eval sets missing (the first thing it reads)."""
+    return lambda tmp: ["run", f"pool={metadata_pool(tmp)}", f"eval_root={tmp / 'eval'}", *CLIP, f"runs_dir={tmp}",
+                        "name=out", "scale=toy", *overrides]
+
+
 def plugin(source: str) -> Callable[[Path], list[str]]:
     def build(tmp: Path) -> list[str]:
         (tmp / "bad_plugin.py").write_text(source)
@@ -406,9 +412,8 @@ CASES = [
     Case("fraction-above-one", "configs", filter_with("filter.fraction=1.5"), "fraction=1.5 must be in (0, 1]"),
     Case("executor-param-type", "configs", filter_with("executor.workers=abc"),
          "workers='abc' has type str, expected int"),
-    Case("run-eval-sets-missing", "configs",
-         lambda tmp: ["run", f"pool={metadata_pool(tmp)}", f"eval_root={tmp / 'eval'}", *CLIP, f"runs_dir={tmp}",
-                      "name=out", "scale=toy"], "eval task folder(s) missing under"),
+    Case("scale-param-type", "configs", run_cmd("scale.lr=abc"), "scale 'toy': lr='abc' is not a float"),
+    Case("run-eval-sets-missing", "configs", run_cmd(), "eval task folder(s) missing under"),
     Case("plugin-missing", "configs", filter_with("plugins=[missing.py]"), "plugin missing.py: no such file"),
     Case("plugin-syntax-error", "configs", plugin("def broken(:\n"), ("bad_plugin.py", "syntax")),
     Case("plugin-not-a-module", "configs", filter_with("plugins=[no_such_module_here]"),
