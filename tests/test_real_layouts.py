@@ -113,6 +113,12 @@ def test_embeddings_join_the_metadata_by_uid_in_every_layout(layout, tmp_path, c
     threshold = min(want[u] for u in uids_to_hex(kept))
     assert sorted(uids_to_hex(kept)) == sorted(u for u in set(uids) - {dropped} if want[u] >= threshold)
 
+    # A tar without its npz: embed did not finish, and nothing is guessed.
+    (root / "embeddings" / KEY / "00000000.npz").unlink()
+    with pytest.raises(PoolError, match=rf"embeddings/{KEY}/ has no npz for 1 of the {tars} tars in shards/ "
+                                        r"\(e\.g\. 00000000\.npz for shards/00000000\.tar\)"):
+        Pool.open(root).read_shard(pool.shard_names[0], [SCORE])
+
 
 def test_image_features_join_a_metadata_file_that_covers_several_tars(tmp_path):
     from siftbench.benchmark.core.image_hashing import hex_sha256_words
@@ -150,9 +156,24 @@ def test_the_join_is_built_once_and_rebuilt_when_its_inputs_change(tmp_path):
     batch = Pool.open(root).read_shard("f00d", ["clip_m_similarity_score"])
     assert batch.table["clip_m_similarity_score"].tolist() == [score[u] if u in uids[:8] else 7.0
                                                                 for u in uids_to_hex(batch.uids)]
-    (folder / "00000001.npz").unlink()  # a tar without its npz: the stage did not finish, nothing is guessed
-    with pytest.raises(PoolError, match=r"embeddings/m/ has no npz for 1 of the 2 tars .*00000001\.npz"):
-        Pool.open(root).read_shard("f00d", ["clip_m_similarity_score"])
+
+
+def test_derived_files_from_elsewhere_may_follow_the_metadata_files(tmp_path):
+    """Without a stage.json of ours, a derived folder may hold one npz per metadata file (DataComp-style
+    hash names), not one per tar: joined by uid all the same."""
+    root = tmp_path / "pool"
+    make_tiny_pool(root, n_shards=3, per_shard=6, seed=9)
+    rows = recut(root, {"9a8b": slice(0, 7), "1c2d": slice(7, None)})
+    folder = root / "embeddings" / "theirs"
+    folder.mkdir(parents=True)
+    for name in ("9a8b", "1c2d"):
+        uids = hex_to_uids(pd.read_parquet(root / "metadata" / f"{name}.parquet").uid.tolist()[::-1])
+        np.savez(folder / f"{name}.npz", uid=uids, image=(uids["f1"] % 97).astype(np.float32)[:, None])
+    pool = Pool.open(root)
+    for shard in pool.shard_names:
+        batch = pool.read_shard(shard, (), ["theirs_img"])
+        assert batch.embeddings["theirs_img"][:, 0].tolist() == (batch.uids["f1"] % 97).astype(np.float32).tolist()
+    assert pool.join("theirs").counts["joined"] == len(rows)
 
 
 def test_a_uid_twice_in_the_tars_uses_its_first_row_and_is_counted(tmp_path):

@@ -41,6 +41,7 @@ from .uids import UID_DTYPE, hex_to_uids
 
 JOIN_FOLDER = "join"
 JOIN_VERSION = 1  # bump whenever the join's files change for the same inputs
+PER_TAR_STAGES = ("embed", "image_features")  # the stages that write embeddings/<key>/<tar>.npz
 
 
 @dataclass
@@ -342,17 +343,20 @@ def _derived_fix(path: Path) -> str:
 def _derived_join(pool: Pool, folder: Path) -> DerivedJoin:
     files = sorted(folder.glob("*.npz"))
     key = folder.name
-    if not files:
-        raise PoolError(f"pool {pool.root}: {folder} holds no npz files; compute them (`siftbench embed POOL "
-                        f"--key {key}`) or delete the empty folder")
+    # Our stages write one file per tar, so a tar without one means the stage did not finish. Derived data
+    # from elsewhere (no stage.json of ours) may be cut any way: one file per metadata file, say.
     tars = {t.stem for t in pool.tar_files}
     unmade = sorted(tars - {f.stem for f in files})
-    if unmade:
+    made_by = _recorded(folder)
+    if unmade and isinstance(made_by, dict) and made_by.get("stage") in PER_TAR_STAGES:
         raise PoolError(
             f"pool {pool.root}: embeddings/{key}/ has no npz for {len(unmade)} of the {len(tars)} tars in shards/ "
             f"(e.g. {unmade[0]}.npz for shards/{unmade[0]}.tar): the stage that writes it did not finish; rerun it "
             f"(`siftbench embed POOL --key {key}` for embeddings; image features are redone by `siftbench run`)"
         )
+    if not files:
+        raise PoolError(f"pool {pool.root}: {folder} holds no npz files; compute them (`siftbench embed POOL "
+                        f"--key {key}`) or delete the empty folder")
     inputs = {"derived": {f.name: _identity(f) for f in files},
               "metadata": {f.name: _identity(f) for f in pool.metadata_files}}
     wanted = fingerprint("join", JOIN_VERSION, inputs)
@@ -375,9 +379,10 @@ def _derived_join(pool: Pool, folder: Path) -> DerivedJoin:
     return DerivedJoin(folder, index["files"], np.asarray(index["offsets"], dtype=np.int64), index["counts"])
 
 
-def _recorded(index_dir: Path) -> Any:
+def _recorded(folder: Path) -> Any:
+    """What the folder's stage.json says made it (None: no stage.json)."""
     try:
-        return json.loads((index_dir / STAGE_FILE).read_text())
+        return json.loads((folder / STAGE_FILE).read_text())
     except (OSError, ValueError):
         return None
 
