@@ -6,7 +6,7 @@ import pandas as pd
 from siftbench.benchmark.core.filtering import Decision, Filter, SelectContext, register_filter
 from siftbench.benchmark.core.pool import ShardBatch
 
-from .language import detect_languages
+from .common.language import detect_languages
 
 
 @register_filter("basic")

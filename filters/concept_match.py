@@ -9,7 +9,7 @@ import pandas as pd
 from siftbench.benchmark.core.filtering import Decision, Filter, SelectContext, register_filter
 from siftbench.benchmark.core.pool import ShardBatch
 
-from ._concepts import ConceptMatcher
+from .common.concepts import ConceptMatcher
 
 
 @register_filter("concept_match")

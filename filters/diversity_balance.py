@@ -10,7 +10,7 @@ import pandas as pd
 from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.filtering import Decision, SelectContext, register_filter, uid_random
 
-from ._concepts import ConceptFilter, concept_counts, named_counts
+from .common.concepts import ConceptFilter, concept_counts, named_counts
 
 CHOICES = ("frequent", "random")
 CLASS_OF = ("combination", "rarest")

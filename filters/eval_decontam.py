@@ -12,7 +12,7 @@ from siftbench.benchmark.core.filtering import Decision, Filter, SelectContext, 
 from siftbench.benchmark.core.image_hashing import hash_image_bytes, mirror_thumbnails, sha256_valid
 from siftbench.benchmark.core.pool import ShardBatch, iter_tar_samples, sample_image
 
-from ._neighbours import hamming_join, normalised_rows
+from .common.neighbours import hamming_join, normalised_rows
 
 MATCH_KINDS = ("sha256", "thumbnail", "phash", "embedding")
 

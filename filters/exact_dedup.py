@@ -10,7 +10,7 @@ from siftbench.benchmark.core.filtering import Decision, Filter, SelectContext, 
 from siftbench.benchmark.core.image_hashing import hex_sha256_words, sha256_valid
 from siftbench.benchmark.core.pool import ShardBatch
 
-from ._neighbours import KEEP_ORDERS, first_of_groups, group_keys, keep_rank
+from .common.neighbours import KEEP_ORDERS, first_of_groups, group_keys, keep_rank
 
 SOURCES = ("column", "image")
 

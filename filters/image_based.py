@@ -10,8 +10,8 @@ from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.filtering import Decision, Filter, SelectContext, from_source, register_filter
 from siftbench.benchmark.core.pool import ShardBatch
 
-from ._embeddings import embedding_frame, embedding_matrix
-from ._neighbours import assign, normalised_rows, train_kmeans, uid_rank
+from .common.embeddings import embedding_frame, embedding_matrix
+from .common.neighbours import assign, normalised_rows, train_kmeans, uid_rank
 
 
 @register_filter("image_based")

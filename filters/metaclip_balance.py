@@ -9,7 +9,7 @@ from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.filtering import Decision, SelectContext, register_filter, uid_random
 from siftbench.benchmark.core.sampling import concept_keep_rate, systematic_counts
 
-from ._concepts import ConceptFilter, concept_counts, named_counts
+from .common.concepts import ConceptFilter, concept_counts, named_counts
 
 
 @register_filter("metaclip_balance")

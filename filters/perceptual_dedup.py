@@ -10,9 +10,9 @@ from siftbench.benchmark.core.filtering import Decision, Filter, SelectContext, 
 from siftbench.benchmark.core.image_hashing import mirror_thumbnails
 from siftbench.benchmark.core.pool import ShardBatch
 
-from ._crops import crop_pairs
-from ._embeddings import embedding_frame, embedding_matrix
-from ._neighbours import (
+from .common.crops import crop_pairs
+from .common.embeddings import embedding_frame, embedding_matrix
+from .common.neighbours import (
     KEEP_ORDERS,
     clustered_pairs,
     first_of_groups,

@@ -11,8 +11,8 @@ from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.filtering import Decision, Filter, SelectContext, register_filter, uid_random
 from siftbench.benchmark.core.pool import ShardBatch
 
-from ._embeddings import embedding_frame, embedding_matrix
-from ._neighbours import clustered_pairs, first_of_groups, greedy_drop, rank_by, uid_rank
+from .common.embeddings import embedding_frame, embedding_matrix
+from .common.neighbours import clustered_pairs, first_of_groups, greedy_drop, rank_by, uid_rank
 
 KEEP_POLICIES = ("first_uid", "random", "central", "outlier")
 REASONS = ("invalid_embedding", "semantic_duplicate")

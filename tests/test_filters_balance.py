@@ -17,7 +17,7 @@ from siftbench.benchmark.core.filtering import SelectContext, build_filter
 from siftbench.benchmark.core.sampling import systematic_counts
 from siftbench.benchmark.core.uids import file_sha256, hex_to_uids, read_subset, uids_to_hex
 from siftbench.benchmark.stages.select import run_filter
-from siftbench.filters._concepts import ConceptMatcher
+from siftbench.filters.common.concepts import ConceptMatcher
 
 SHAPES = ["circle", "square", "triangle", "star", "heart", "cross"]
 COLOURS = ["red", "green", "blue"]

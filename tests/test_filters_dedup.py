@@ -17,7 +17,7 @@ from siftbench.benchmark.core.filtering import SelectContext, build_filter
 from siftbench.benchmark.core.uids import file_sha256, hex_to_uids, read_subset, uids_to_hex
 from siftbench.benchmark.stages.image_features import compute_image_features
 from siftbench.benchmark.stages.select import run_filter
-from siftbench.filters._neighbours import clustered_pairs, greedy_drop, hamming_pairs
+from siftbench.filters.common.neighbours import clustered_pairs, greedy_drop, hamming_pairs
 from siftbench.filters.semantic_dedup import semantic_dedup
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "filter"

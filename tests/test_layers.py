@@ -24,6 +24,7 @@ def tree(tmp_path_factory) -> Path:
     for package in ("benchmark", "filters", "eval_suite", "leaderboard"):
         shutil.copytree(ROOT / package, top / "siftbench" / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", top)
+    (top / "siftbench" / "filters" / "_scratch.py").write_text("")  # a private module to import wrongly
     return top
 
 
@@ -44,7 +45,7 @@ def test_every_contract_holds_on_the_tree(tree):
     ("layers", "filters/clip_score.py", "from siftbench.benchmark.stages import select"),
     ("layers", "benchmark/stages/reshard.py", "from siftbench.benchmark.world import ensure_world"),
     ("world-without-filters", "benchmark/world/render.py", "import siftbench.filters.no_filter"),
-    ("private-modules", "benchmark/stages/select.py", "from siftbench.filters import _neighbours"),
+    ("private-modules", "benchmark/stages/select.py", "from siftbench.filters import _scratch"),
     ("leaderboard-without-training", "leaderboard/store.py", "from siftbench.benchmark.stages import train"),
     ("no-cycles", "benchmark/core/atomic.py", "from siftbench.benchmark.core import uids"),
 ])  # fmt: skip

@@ -133,7 +133,7 @@ def measure_semdedup(path: str, truth: str, eps: float = EPS, n_clusters: int | 
 
 def measure_semdedup_vs_brute_force(path: str, eps: float = EPS, n_clusters: int | None = None,
                                     margin: float = 0.02) -> dict[str, Any]:  # fmt: skip
-    from siftbench.filters._neighbours import greedy_drop, normalised_rows
+    from siftbench.filters.common.neighbours import greedy_drop, normalised_rows
     from siftbench.filters.semantic_dedup import semantic_dedup
 
     vectors = np.load(path, mmap_mode="r")
@@ -192,7 +192,7 @@ def make_vocabulary_and_captions(n_entries: int, n_captions: int, seed: int = 0)
 def measure_concept_matching(entries: int = 10_000, captions: int = 200_000) -> dict[str, Any]:
     from threadpoolctl import threadpool_limits
 
-    from siftbench.filters._concepts import ConceptMatcher
+    from siftbench.filters.common.concepts import ConceptMatcher
 
     vocabulary, texts = make_vocabulary_and_captions(entries, captions)
     array = np.array(texts, dtype=object)

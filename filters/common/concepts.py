@@ -22,8 +22,8 @@ from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.filtering import Filter
 from siftbench.benchmark.core.pool import ShardBatch
 
-from ._embeddings import embedding_frame, embedding_matrix
-from ._neighbours import assign, normalised_rows, train_kmeans, uid_rank
+from .embeddings import embedding_frame, embedding_matrix
+from .neighbours import assign, normalised_rows, train_kmeans, uid_rank
 
 CONCEPT_SOURCES = ("caption", "zeroshot", "cluster")
 _PUNCTUATION = r"[.,;:!?\"'()\[\]{}<>/\\|#*]"
