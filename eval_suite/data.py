@@ -29,6 +29,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from siftbench.benchmark.core.errors import PoolError, SiftbenchError
 from siftbench.benchmark.core.tars import iter_tar_samples
 
@@ -175,8 +177,6 @@ def _label(sample: dict[str, bytes], num_classes: int) -> int | str:
 
 def _group(sample: dict[str, bytes], field: int) -> int | str:
     """Field ``field`` of the sample's .npy metadata vector, or why it cannot be read."""
-    import numpy as np
-
     if "npy" not in sample:
         return "no_group"
     try:
@@ -201,7 +201,7 @@ def _captions(sample: dict[str, bytes]) -> list[str] | str:
 
 def decode_image(data: bytes):
     """PIL RGB image, or None when the bytes are not an image (decoded as webdataset's "pil" does)."""
-    from PIL import Image
+    from PIL import Image  # heavy, optional (siftbench[ml])
 
     try:
         with Image.open(io.BytesIO(data)) as img:

@@ -31,7 +31,7 @@ def evaluate_model(
     Runs in fp32 without autocast (autocast on CPU means bfloat16, and numbers must reproduce).
     ``num_workers`` DataLoader workers decode images; results do not depend on it.
     """
-    import torch
+    import torch  # heavy, optional (siftbench[ml])
 
     model = model.to(device).eval()
     if suite.skipped:

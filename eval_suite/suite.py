@@ -34,6 +34,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from siftbench.benchmark.core.errors import ConfigError
 
 from .data import EvalDataError, MissingDatasetError, TaskData, open_task
@@ -112,8 +114,6 @@ def load_suite(name_or_path: str | Path, root: str | Path, allow_missing: bool =
 
 def read_suite_file(path: Path) -> Any:
     """A suite definition as plain YAML data (no torch, no eval code: the leaderboard reads it too)."""
-    import yaml
-
     if not path.is_file():
         raise ConfigError(f"eval suite file {path} does not exist")
     try:

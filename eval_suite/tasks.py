@@ -59,7 +59,7 @@ class ZeroShotClassification(EvalTask):
         return names
 
     def evaluate(self, model, preprocess, tokenizer, data, *, device, batch_size, num_workers=0, progress=True):
-        import torch
+        import torch  # heavy, optional (siftbench[ml])
 
         from .loading import check_finite, encode_images, encode_texts
         from .metrics import classification_metrics, zeroshot_classifier, zeroshot_logits
@@ -92,8 +92,8 @@ class ZeroShotRetrieval(EvalTask):
         return (*names, "mean_recall@1")
 
     def evaluate(self, model, preprocess, tokenizer, data, *, device, batch_size, num_workers=0, progress=True):
-        import torch
-        import torch.nn.functional as F
+        import torch  # heavy, optional (siftbench[ml])
+        import torch.nn.functional as F  # heavy, optional (siftbench[ml])
 
         from .loading import check_finite, encode_images, encode_texts
         from .metrics import retrieval_metrics

@@ -2,7 +2,8 @@
 
 ``add_leaderboard_commands(subparsers)`` adds both to the main ``siftbench`` dispatcher; each parser's
 ``func(args) -> int`` runs it and raises SiftbenchError for what the user must fix.
-``python -m siftbench.leaderboard`` runs the same commands on their own.
+``python -m siftbench.leaderboard`` runs the same commands on their own. As in the main dispatcher, each
+command imports what it needs when it runs, so adding these parsers costs `siftbench --help` nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from siftbench.benchmark.core.errors import ArgumentParser, SiftbenchError, out_file, out_folder
-from siftbench.benchmark.core.scales import check_scale_name
 
 from . import store
 
@@ -130,6 +130,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .tables import show
 
     if args.scale is not None:
+        from siftbench.benchmark.core.scales import check_scale_name
+
         check_scale_name(args.scale)  # a typo is an error, not "no entries"
     sys.stdout.write(show(_store_path(args), args.scale, args.track, args.format))
     return 0
@@ -141,6 +143,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .tables import show
 
     if args.scale is not None:
+        from siftbench.benchmark.core.scales import check_scale_name
+
         check_scale_name(args.scale)
     write_text(args.out, show(_store_path(args), args.scale, args.track, args.format))
     print(f"wrote {args.out}")

@@ -141,7 +141,7 @@ class Board:
 
 def welch_p_value(a: list[float], b: list[float]) -> float:
     """Two-sided Welch's t-test p-value; with no spread at all, equal means tie (1.0), others don't (0.0)."""
-    from scipy.stats import ttest_ind
+    from scipy.stats import ttest_ind  # heavy: imported where it is used
 
     if len(a) < 2 or len(b) < 2:
         return math.nan

@@ -12,6 +12,7 @@ import functools
 import json
 import shutil
 import textwrap
+import threading
 from datetime import UTC, datetime
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
@@ -222,7 +223,6 @@ def serve(out_dir: str | Path, port: int = 8000) -> None:
 
 def screenshot(site_dir: str | Path, png: str | Path, width: int = 1280, height: int = 1100) -> Path:
     """A PNG of the built page in headless Chromium (docs/leaderboard.png); needs the dev extra."""
-    import threading
 
     from playwright.sync_api import sync_playwright
 

@@ -4,9 +4,11 @@ so the same stage runs in this process, in local worker processes, or on a Ray c
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from omegaconf import OmegaConf
@@ -42,7 +44,6 @@ class LocalExecutor:
         items = list(items)
         if self.workers <= 1 or len(items) <= 1:
             return [fn(item) for item in progress_bar(items, enabled=self.progress, desc=desc, leave=False)]
-        import multiprocessing
 
         results: list[R | None] = [None] * len(items)
         context = multiprocessing.get_context("fork")
@@ -75,7 +76,7 @@ class RayExecutor:
 
     def _ray(self) -> Any:
         try:
-            import ray
+            import ray  # heavy, optional (siftbench[ray])
         except ImportError:
             raise ConfigError("executor=ray needs Ray: pip install 'siftbench[ray]'") from None
         if not ray.is_initialized():
@@ -156,7 +157,6 @@ def map_with_state(executor: Executor, setup: Callable[[], S], fn: Callable[[S, 
     stateful = getattr(executor, "map_with_state", None)
     if stateful is not None:
         return stateful(setup, fn, items, desc=desc)
-    from functools import partial
 
     return executor.map(partial(_with_cached_state, setup, fn), items, desc=desc)
 

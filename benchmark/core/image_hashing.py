@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .uids import hex_to_uids
 
@@ -36,9 +38,6 @@ def hex_sha256_words(hexes: Any) -> tuple[np.ndarray, np.ndarray]:
     Missing or malformed digests are reported in the mask (False), not raised: one bad row must not
     stop a pool-wide dedup.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     arr = hexes if isinstance(hexes, pa.Array | pa.ChunkedArray) else pa.array(np.asarray(hexes, dtype=object))
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -61,7 +60,7 @@ def perceptual_hashes(images: Iterable[bytes]) -> dict[str, np.ndarray]:
     Decoding and resizing are per image (PIL, in C); the DCT, medians and bit packing run once over the
     whole batch. Undecodable images get ``ok = 0`` and zero hashes.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # heavy, optional (siftbench[ml])
 
     big: list[np.ndarray] = []
     small: list[np.ndarray] = []
@@ -108,7 +107,7 @@ def perceptual_hashes(images: Iterable[bytes]) -> dict[str, np.ndarray]:
 
 
 def _phash(grey32: np.ndarray) -> np.ndarray:
-    from scipy.fft import dct
+    from scipy.fft import dct  # heavy: imported where it is used
 
     # imagehash: 2-D DCT-II (unnormalised, as scipy.fftpack) of the 32x32 grey image, top-left 8x8,
     # each coefficient compared with their median.

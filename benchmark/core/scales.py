@@ -13,6 +13,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+from omegaconf import OmegaConf
+
 from siftbench.benchmark.core.errors import ConfigError
 
 SCALE_DIR = Path(str(files("siftbench.configs") / "scale"))
@@ -65,8 +68,6 @@ def check_scale_name(name: str) -> Path:
 
 def load_scale(name: str) -> dict[str, Any]:
     """The shipped scale ``name`` as a plain dict (typed, all fields present)."""
-    from omegaconf import OmegaConf
-
     path = check_scale_name(name)
     data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     return typed_scale(data, where=str(path))
@@ -107,8 +108,6 @@ def check_scale(resolved: dict[str, Any], name: str) -> list[str]:
 
 def scale_table() -> Any:
     """All shipped scales as a pandas DataFrame, smallest first (for ``siftbench scales``)."""
-    import pandas as pd
-
     rows = []
     for name in available_scales():
         s = load_scale(name)

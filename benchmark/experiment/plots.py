@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.feather as feather
 
 from siftbench.benchmark.core.atomic import atomic_path
 from siftbench.benchmark.core.uids import isin_uids, read_subset
@@ -50,9 +52,6 @@ def write_filter_plots(run_dir: str | Path, scores_dir: str | Path, stats: dict[
 
 
 def _read_scores(folder: Path):
-    import pyarrow as pa
-    import pyarrow.feather as feather
-
     files = sorted(folder.glob("*.arrow"))
     if not files:
         return None
@@ -60,8 +59,8 @@ def _read_scores(folder: Path):
 
 
 def _figure(width: float = 6.4, height: float = 4.0):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: imported where it is used
+    from matplotlib.figure import Figure  # heavy: imported where it is used
 
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)

@@ -20,15 +20,27 @@ near-duplicate variant and false removals of clean samples (see ``duplicate_reca
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 import time
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 
+from siftbench.benchmark.core.executors import LocalExecutor
+from siftbench.benchmark.core.uids import read_subset, uids_to_hex
+from siftbench.benchmark.perf.bench import datacomp_style_top_fraction, make_metadata_pool
 from siftbench.benchmark.perf.fresh_process import peak_rss_gb, run_in_fresh_process
+from siftbench.benchmark.stages.image_features import compute_image_features
+from siftbench.benchmark.stages.select import run_filter
+from siftbench.benchmark.world import ensure_world
+from siftbench.filters.common.concepts import ConceptMatcher
+from siftbench.filters.common.neighbours import greedy_drop, normalised_rows
+from siftbench.filters.semantic_dedup import semantic_dedup
 
 EPS = 0.05
 
@@ -110,7 +122,6 @@ def _pairs_within_blocks(rng: np.random.Generator, n: int, count: int, block: in
 
 def measure_semdedup(path: str, truth: str, eps: float = EPS, n_clusters: int | None = None,
                      margin: float = 0.02) -> dict[str, Any]:  # fmt: skip
-    from siftbench.filters.semantic_dedup import semantic_dedup
 
     vectors = np.load(path, mmap_mode="r")
     t = np.load(truth)
@@ -133,8 +144,6 @@ def measure_semdedup(path: str, truth: str, eps: float = EPS, n_clusters: int | 
 
 def measure_semdedup_vs_brute_force(path: str, eps: float = EPS, n_clusters: int | None = None,
                                     margin: float = 0.02) -> dict[str, Any]:  # fmt: skip
-    from siftbench.filters.common.neighbours import greedy_drop, normalised_rows
-    from siftbench.filters.semantic_dedup import semantic_dedup
 
     vectors = np.load(path, mmap_mode="r")
     n = len(vectors)
@@ -190,9 +199,8 @@ def make_vocabulary_and_captions(n_entries: int, n_captions: int, seed: int = 0)
 
 
 def measure_concept_matching(entries: int = 10_000, captions: int = 200_000) -> dict[str, Any]:
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # heavy, optional (siftbench[ml])
 
-    from siftbench.filters.common.concepts import ConceptMatcher
 
     vocabulary, texts = make_vocabulary_and_captions(entries, captions)
     array = np.array(texts, dtype=object)
@@ -221,24 +229,17 @@ def measure_concept_matching(entries: int = 10_000, captions: int = 200_000) -> 
 
 
 def make_scan_pool(root: str, rows: int, files: int = 16) -> dict[str, Any]:
-    from siftbench.benchmark.perf.bench import make_metadata_pool
-
     make_metadata_pool(Path(root), rows, files=files)
     return {"rows": rows}
 
 
 def measure_scan_reference(root: str, out: str, fraction: float = 0.3) -> dict[str, Any]:
-    from siftbench.benchmark.perf.bench import datacomp_style_top_fraction
-
     clock = time.perf_counter()
     datacomp_style_top_fraction(Path(root), "clip_b32_similarity_score", fraction, Path(out))
     return {"seconds": time.perf_counter() - clock}
 
 
 def measure_scan_ours(root: str, out: str, fraction: float = 0.3, workers: int = 2) -> dict[str, Any]:
-    from siftbench.benchmark.core.executors import LocalExecutor
-    from siftbench.benchmark.stages.select import run_filter
-
     cfg = {"name": "clip_score", "column": "clip_b32_similarity_score", "fraction": fraction}
     clock = time.perf_counter()
     run_filter(Path(root), cfg, Path(out), executor=LocalExecutor(workers=workers, progress=False))
@@ -280,16 +281,6 @@ def duplicate_recall(truth: Any, kept_uids: set[str]) -> dict[str, Any]:
 
 def measure_world_dedup(world: str = "default", out: str | None = None, filter_name: str = "dedup") -> dict[str, Any]:
     """Image features, then the ``configs/filter/<filter_name>.yaml`` pipeline on the world's pool."""
-    import shutil
-    import tempfile
-
-    from omegaconf import OmegaConf
-
-    from siftbench.benchmark.core.uids import read_subset, uids_to_hex
-    from siftbench.benchmark.stages.image_features import compute_image_features
-    from siftbench.benchmark.stages.select import run_filter
-    from siftbench.benchmark.world import ensure_world
-
     w = ensure_world(world, progress=False)
     compute_image_features(w.pool_dir)
     cfg = OmegaConf.to_container(OmegaConf.load(files("siftbench.configs") / "filter" / f"{filter_name}.yaml"))
@@ -356,9 +347,6 @@ def run_filter_benchmarks(
     workdir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run every measurement (each in its own subprocess) and print one line per figure with its target."""
-    import shutil
-    import tempfile
-
     report: dict[str, Any] = {}
     base = Path(tempfile.mkdtemp(prefix="siftbench-bench-", dir=workdir))
     say = print
@@ -394,7 +382,6 @@ def run_filter_benchmarks(
         run_measurement("make_scan_pool", root=str(pool), rows=scan_rows)
         ref = run_measurement("scan_reference", root=str(pool), out=str(ref_out))
         ours = run_measurement("scan_ours", root=str(pool), out=str(ours_out))
-        from siftbench.benchmark.core.uids import read_subset
 
         same = bool(np.array_equal(np.load(ref_out, allow_pickle=False), read_subset(ours_out / "subset.npy")))
         report["scan"] = {"reference": ref, "ours": ours, "same_uids": same}

@@ -45,7 +45,7 @@ SHAPES = ("square", "circle", "triangle", "cross")
 
 def make_image_pool(root: Path, shards: int = 4, per_shard: int = 2000, size: int = 32, seed: int = 0) -> Path:
     """A DataComp-layout pool of ``size`` px PNGs (a coloured shape on a noisy background) with captions."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw  # heavy, optional (siftbench[ml])
 
     rng = np.random.default_rng(seed)
     (root / "shards").mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from string import hexdigits
@@ -34,9 +35,7 @@ def benchmark_embed_throughput(
     (noisy neighbours, CPU steal) weighs on both; the ratio is over the summed times, with each round's
     own ratio reported too. The stage writes into a temporary folder, so the pool is left as it was.
     """
-    import tempfile
-
-    import torch
+    import torch  # heavy, optional (siftbench[ml])
 
     spec = EmbedModel(arch, None if checkpoint is None else str(checkpoint), pretrained, device)
     model, preprocess, tokenizer = bundle = spec.load()

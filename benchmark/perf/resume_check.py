@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -32,7 +33,7 @@ from siftbench.eval_suite import load_suite, summarize
 
 def optimizer_steps(checkpoint: Path) -> int:
     """Optimizer steps taken, from AdamW's state in an open_clip_train checkpoint."""
-    import torch
+    import torch  # heavy, optional (siftbench[ml])
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["optimizer"]["state"]
     return int(max(float(s["step"]) for s in state.values()))
@@ -104,8 +105,6 @@ def _wait_for_midway(proc: subprocess.Popen, run_dir: Path, deadline: float) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(prog="resume_check.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("shards", type=Path, help="training shards (reshard's output)")

@@ -18,7 +18,7 @@ MODEL_CONFIG_DIR = Path(str(files("siftbench.configs") / "model"))
 
 def register_model_configs() -> list[str]:
     """Make siftbench's architectures known to open_clip (idempotent). Returns their names."""
-    import open_clip
+    import open_clip  # heavy, optional (siftbench[ml])
 
     open_clip.add_model_config(MODEL_CONFIG_DIR)
     return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
@@ -27,7 +27,7 @@ def register_model_configs() -> list[str]:
 def resolve_architecture(arch: str) -> str:
     """The open_clip name of ``arch``: a registered name, or the path of an architecture JSON file (a custom
     open_clip config), which is registered under its file name."""
-    import open_clip
+    import open_clip  # heavy, optional (siftbench[ml])
 
     register_model_configs()
     if arch.endswith(".json"):
@@ -66,7 +66,7 @@ def load_model(arch: str, checkpoint: str | Path | None = None, pretrained: str 
     ``checkpoint`` is a local file; ``pretrained`` a tag whose weights are already in the local cache, or a
     weights file (nothing is ever downloaded; see ``cached_pretrained``).
     """
-    import open_clip
+    import open_clip  # heavy, optional (siftbench[ml])
 
     arch = resolve_architecture(arch)
     if pretrained is None:
@@ -98,7 +98,7 @@ def cached_pretrained(arch: str, tag: str, cache_dir: str | Path | None = None) 
     Looks only where open_clip would have downloaded the weights to (the Hugging Face cache, or
     ``~/.cache/clip`` for URL weights) and downloads nothing; a path to a weights file is taken as it is.
     """
-    import open_clip
+    import open_clip  # heavy, optional (siftbench[ml])
 
     if Path(tag).is_file():
         return str(tag), {}
@@ -109,7 +109,7 @@ def cached_pretrained(arch: str, tag: str, cache_dir: str | Path | None = None) 
                           "Or pass --checkpoint with a local weights file")
     looked = []
     if cfg.get("hf_hub"):
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # heavy, optional (siftbench[ml])
 
         repo, filename = cfg["hf_hub"].rstrip("/"), "open_clip_pytorch_model.bin"
         if not cfg["hf_hub"].endswith("/"):
@@ -133,7 +133,7 @@ def cached_pretrained(arch: str, tag: str, cache_dir: str | Path | None = None) 
 
 
 def _read_state_dict(path: Path) -> dict[str, Any]:
-    import torch
+    import torch  # heavy, optional (siftbench[ml])
 
     if not path.is_file():
         raise StageError(f"{path}: no such checkpoint file")

@@ -15,7 +15,7 @@ from typing import Any
 
 def normalize_table(mean: Sequence[float], std: Sequence[float], dtype: Any = None) -> Any:
     """The (channels, 256) table of ToTensor + Normalize for each uint8 value, computed on the CPU."""
-    import torch
+    import torch  # heavy, optional (siftbench[ml])
 
     dtype = dtype or torch.get_default_dtype()
     values = torch.arange(256).to(dtype).expand(len(mean), 256).contiguous().div(255)
@@ -26,7 +26,7 @@ def normalize_table(mean: Sequence[float], std: Sequence[float], dtype: Any = No
 
 def normalize_uint8(pixels: Any, table: Any) -> Any:
     """(B, C, H, W) uint8 pixels -> (B, C, H, W) floats from ``table``, on the pixels' device."""
-    import torch
+    import torch  # heavy, optional (siftbench[ml])
 
     channels = pixels.shape[1]
     table = table.to(pixels.device, non_blocking=True)

@@ -15,16 +15,22 @@ Layout of ``out_dir``::
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import os
 import re
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections import deque
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from siftbench.benchmark.core.atomic import write_json
 from siftbench.benchmark.core.errors import ConfigError, StageError
@@ -186,7 +192,7 @@ def plan_run(shards_dir: Path, scale: dict[str, Any], seed: int, device: str, np
             f"0.2.86 raises with fewer shards than workers. Reshard with min_shards={loaders}, or lower scale.workers"
         )
     if device.startswith("cuda") and check_device:
-        import torch
+        import torch  # heavy, optional (siftbench[ml])
 
         if not torch.cuda.is_available():
             raise ConfigError(f"device {device!r} requested but torch sees no CUDA GPU; use device=cpu")
@@ -213,7 +219,7 @@ def resolve_precision(precision: str, device: str) -> str:
     if not device.startswith("cuda"):
         return "fp32"
     if precision == "amp":
-        import torch
+        import torch  # heavy, optional (siftbench[ml])
 
         return "amp_bf16" if torch.cuda.is_bf16_supported() else "amp"
     return precision
@@ -259,8 +265,6 @@ def open_clip_args(plan: dict[str, Any], scale: dict[str, Any], out_dir: Path, s
 
 def _check_model_known(model: str) -> None:
     """Fail before launching for an unknown architecture, without importing open_clip (seconds) here."""
-    from importlib.util import find_spec
-
 
     spec = find_spec("open_clip")
     folders = [MODEL_CONFIG_DIR] + [Path(p) / "model_configs" for p in (spec.submodule_search_locations or [])]
@@ -429,8 +433,6 @@ def benchmark_training_throughput(
     something else outside the model) is the bottleneck. Defaults: the ``tiny`` scale, on synthetic
     shards of random images at the scale's size (written to a temporary folder).
     """
-    import tempfile
-
 
     scale = scale if scale is not None else load_scale("tiny")
     if shards_dir is None:
@@ -484,11 +486,7 @@ def benchmark_training_throughput(
 
 def _synthetic_shards(folder: Path, image_size: int, n_shards: int, per_shard: int = 256) -> None:
     """Training shards of random-pixel PNGs (the costliest to decode) with captions of typical length."""
-    import io
-    import tarfile
-
-    import numpy as np
-    from PIL import Image
+    from PIL import Image  # heavy, optional (siftbench[ml])
 
     rng = np.random.default_rng(0)
     words = ["red", "green", "blue", "small", "large", "circle", "square", "star", "on", "a", "striped", "background"]
@@ -512,7 +510,7 @@ def _mean_data_time(log: Path, skip: int) -> float | None:
 
 def _compute_only_rate(scale: dict[str, Any], device: str, threads: int, steps: int, warmup_steps: int,
                        seed: int) -> float:
-    import torch
+    import torch  # heavy, optional (siftbench[ml])
 
 
     register_model_configs()
@@ -525,9 +523,9 @@ def _compute_only_rate(scale: dict[str, Any], device: str, threads: int, steps: 
 
 
 def _timed_steps(scale: dict[str, Any], device: str, steps: int, warmup_steps: int, seed: int) -> float:
-    import open_clip
-    import torch
-    from open_clip.loss import ClipLoss
+    import open_clip  # heavy, optional (siftbench[ml])
+    import torch  # heavy, optional (siftbench[ml])
+    from open_clip.loss import ClipLoss  # heavy, optional (siftbench[ml])
 
     # enable_grad: the caller may have switched autograd off process-wide (models.load_model does).
     with torch.enable_grad():
@@ -571,8 +569,6 @@ def _timed_steps(scale: dict[str, Any], device: str, steps: int, warmup_steps: i
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m siftbench.benchmark.stages.train [SHARDS_DIR] [--scale tiny] [--steps 20]``: the throughput check."""
-    import argparse
-
     # Before torch loads (the compute-only half runs in this process): the trainer's own setting.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

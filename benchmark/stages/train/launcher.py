@@ -42,7 +42,7 @@ class ExactEpochPipeline(wds.DataPipeline):
     exact_batches: int = 0
 
     def __iter__(self):
-        import torch.utils.data
+        import torch.utils.data  # heavy, optional (siftbench[ml])
 
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -51,7 +51,7 @@ class ExactEpochPipeline(wds.DataPipeline):
 
 
 def patch_exact_epochs() -> None:
-    import open_clip_train.data as data
+    import open_clip_train.data as data  # heavy, optional (siftbench[ml])
 
     original = data.get_wds_dataset
     if getattr(original, "siftbench_patched", False):
@@ -85,7 +85,7 @@ def seed_sample_shuffle(dataset: wds.DataPipeline) -> None:
     loader worker's seed (itself set by ``--seed``, rank and worker id) and the shared epoch, as its shard
     sampler already does.
     """
-    import open_clip_train.data as data
+    import open_clip_train.data as data  # heavy, optional (siftbench[ml])
 
     epochs = [stage.epoch for stage in dataset.pipeline if isinstance(getattr(stage, "epoch", None), data.SharedEpoch)]
     for i, stage in enumerate(dataset.pipeline):
@@ -98,8 +98,8 @@ def seed_sample_shuffle(dataset: wds.DataPipeline) -> None:
 
 
 def patch_ddp_on_cpu() -> None:
-    import torch
-    import torch.nn.parallel
+    import torch  # heavy, optional (siftbench[ml])
+    import torch.nn.parallel  # heavy, optional (siftbench[ml])
 
     ddp = torch.nn.parallel.DistributedDataParallel
     if getattr(ddp, "siftbench_patched", False):
@@ -117,7 +117,7 @@ def patch_ddp_on_cpu() -> None:
 
 
 def patch_atomic_checkpoints() -> None:
-    import torch
+    import torch  # heavy, optional (siftbench[ml])
 
     save = torch.save
     if getattr(save, "siftbench_patched", False):
@@ -148,7 +148,7 @@ class UInt8Normalize:
     def split(transform):
         """``(transform ending in uint8 instead, UInt8Normalize)``, or None when it does not end in
         ToTensor + Normalize (another augmentation: left as open_clip built it)."""
-        from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor
+        from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor  # heavy: siftbench[ml]
 
         steps = list(getattr(transform, "transforms", []))
         if len(steps) < 2 or not isinstance(steps[-2], ToTensor) or type(steps[-1]) is not Normalize:
@@ -156,7 +156,7 @@ class UInt8Normalize:
         return Compose([*steps[:-2], PILToTensor()]), UInt8Normalize(steps[-1].mean, steps[-1].std)
 
     def __call__(self, module, args):
-        import torch
+        import torch  # heavy, optional (siftbench[ml])
 
 
         images = args[0]
@@ -168,8 +168,8 @@ class UInt8Normalize:
 
 
 def patch_uint8_images() -> None:
-    import open_clip
-    import open_clip_train.main as trainer
+    import open_clip  # heavy, optional (siftbench[ml])
+    import open_clip_train.main as trainer  # heavy, optional (siftbench[ml])
 
     original = trainer.create_model_and_transforms
     if getattr(original, "siftbench_patched", False):
@@ -192,7 +192,7 @@ def patch_uint8_images() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
+    import torch  # heavy, optional (siftbench[ml])
 
 
     threads = os.environ.get("SIFTBENCH_NUM_THREADS")
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     patch_exact_epochs()
     patch_atomic_checkpoints()
     patch_uint8_images()
-    from open_clip_train.main import main as open_clip_main
+    from open_clip_train.main import main as open_clip_main  # heavy, optional (siftbench[ml])
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--"]:  # torchrun passes its separator through
