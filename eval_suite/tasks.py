@@ -61,7 +61,7 @@ class ZeroShotClassification(EvalTask):
     def evaluate(self, model, preprocess, tokenizer, data, *, device, batch_size, num_workers=0, progress=True):
         import torch  # heavy, optional (siftbench[ml])
 
-        from .loading import check_finite, encode_images, encode_texts
+        from .loading import check_finite, encode_images, encode_texts  # these two import torch
         from .metrics import classification_metrics, zeroshot_classifier, zeroshot_logits
 
         classnames, templates = data.classnames or (), data.templates or ()
@@ -95,7 +95,7 @@ class ZeroShotRetrieval(EvalTask):
         import torch  # heavy, optional (siftbench[ml])
         import torch.nn.functional as F  # heavy, optional (siftbench[ml])
 
-        from .loading import check_finite, encode_images, encode_texts
+        from .loading import check_finite, encode_images, encode_texts  # these two import torch
         from .metrics import retrieval_metrics
 
         images = encode_images(model, preprocess, data, device=device, batch_size=batch_size,
