@@ -164,6 +164,24 @@ def test_other_weights_under_the_same_key_are_refused(tmp_path: Path, checkpoint
         embed_pool(pool, arch="siftbench-tiny", model_key=KEY, progress=False)  # random weights
 
 
+def test_a_cache_folder_restarts_where_a_users_folder_is_refused(tmp_path: Path, checkpoint: Path):
+    """The world's caches pass on_change="restart": embeddings of other weights, or left by a siftbench from
+    before stage.json, are recomputed there, and refused anywhere else."""
+    pool = build_pool(tmp_path / "pool", corrupt=None)
+    embed(pool, checkpoint)
+    out = pool / "embeddings" / KEY
+    made = {p.name: p.read_bytes() for p in out.glob("*.npz")}
+    (out / "stage.json").unlink()  # as an older siftbench left it: a model.json, no stage.json
+    (out / "model.json").write_text("{}")
+    with pytest.raises(StageError, match=r"no stage\.json describes"):
+        embed(pool, checkpoint)
+    assert embed(pool, checkpoint, on_change="restart")["shards_embedded_now"] == 2
+    assert {p.name: p.read_bytes() for p in out.glob("*.npz")} == made
+    assert (out / "stage.json").is_file() and not (out / "model.json").exists()
+    random_weights = embed_pool(pool, arch="siftbench-tiny", model_key=KEY, progress=False, on_change="restart")
+    assert random_weights["shards_embedded_now"] == 2 and {p.name: p.read_bytes() for p in out.glob("*.npz")} != made
+
+
 def test_damaged_tar_is_read_past_the_damage_and_counted(tmp_path: Path, checkpoint: Path, capfd):
     pool = build_pool(tmp_path / "pool", corrupt=None)
     tar = pool / "shards" / "00000001.tar"

@@ -173,6 +173,16 @@ def test_another_subset_in_the_same_folder_is_refused(pool, tmp_path):
         reshard(root, hex_to_uids(uids[:60]), tmp_path / "out", seed=0, progress=False)
 
 
+def test_a_cache_folder_is_written_anew_where_a_users_folder_is_refused(pool, tmp_path):
+    root, uids = pool
+    reshard(root, hex_to_uids(uids[:60]), tmp_path / "fresh", seed=0, progress=False)
+    reshard(root, hex_to_uids(uids[:50]), tmp_path / "out", seed=0, progress=False)
+    reshard(root, hex_to_uids(uids[:60]), tmp_path / "out", seed=0, progress=False, on_change="restart")
+    assert stream(tmp_path / "out") == stream(tmp_path / "fresh")
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tar")) == sorted(
+        p.name for p in (tmp_path / "fresh").glob("*.tar"))
+
+
 def test_min_shards_and_webdataset_can_read_the_output(pool, tmp_path):
     import webdataset as wds
 

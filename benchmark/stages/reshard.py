@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -66,6 +66,7 @@ def reshard(
     progress: bool = True,
     verify_images: bool = True,
     executor: Executor | None = None,
+    on_change: Literal["refuse", "restart"] = "refuse",
 ) -> dict[str, Any]:
     """Write training shards for ``subset`` (u8,u8 uids; a uid repeated k times is trained on k times).
 
@@ -73,6 +74,8 @@ def reshard(
     webdataset 0.2.86 raises when a run has fewer shards than loader workers. ``verify_images`` decodes
     each image header once so a damaged image is counted here instead of vanishing during training.
     ``executor`` (default: local processes, ``workers`` of them) runs the index and write tasks.
+    A folder holding another reshard's shards is refused; with ``on_change="restart"``, for caches the
+    caller owns, it is emptied and written anew.
     Returns the stats, also written to ``out_dir/stats.json``; ``out_dir/manifest.json`` lists the shards.
     """
     executor = executor or LocalExecutor(workers=workers, progress=progress)
@@ -91,8 +94,8 @@ def reshard(
         "min_shards": int(min_shards), "verify_images": bool(verify_images),
         "pool_tars": [[p.name, p.stat().st_size] for p in tars],
     }
-    with stage_folder(out_dir, fingerprint("reshard", STAGE_VERSION, inputs), on_change="refuse", what="shards",
-                      check_unclaimed=_no_foreign_tars):
+    with stage_folder(out_dir, fingerprint("reshard", STAGE_VERSION, inputs), on_change=on_change, what="shards",
+                      outputs=("*.tar", "manifest.json", "stats.json", WORK_DIR), check_unclaimed=_no_foreign_tars):
         wanted, counts = _unique_counts(subset)
         wanted_path = work / "wanted.npy"
         if not wanted_path.exists():
@@ -218,15 +221,18 @@ def _as_void(uids: np.ndarray) -> np.ndarray:
     return words.view(np.dtype((np.void, 16))).ravel()
 
 
-_WANTED_CACHE: dict[str, np.ndarray] = {}
+_WANTED_CACHE: dict[tuple[str, int, int], np.ndarray] = {}
 
 
 def _wanted_sorted(path: str) -> np.ndarray:
-    # Loaded once per worker process; sorted as bytes so searchsorted can test membership.
-    if path not in _WANTED_CACHE:
+    # Loaded once per worker process; sorted as bytes so searchsorted can test membership. Keyed by the
+    # file's identity too: a restarted folder writes a new wanted.npy under the same name.
+    stat = os.stat(path)
+    key = (path, stat.st_ino, stat.st_mtime_ns)
+    if key not in _WANTED_CACHE:
         _WANTED_CACHE.clear()
-        _WANTED_CACHE[path] = np.sort(_as_void(np.load(path, allow_pickle=False)))
-    return _WANTED_CACHE[path]
+        _WANTED_CACHE[key] = np.sort(_as_void(np.load(path, allow_pickle=False)))
+    return _WANTED_CACHE[key]
 
 
 def _index_tar(task: tuple[str, int, str, str]) -> None:

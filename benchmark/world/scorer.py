@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from siftbench.benchmark.core.atomic import atomic_path, write_json
+from siftbench.benchmark.core.atomic import atomic_path
 from siftbench.benchmark.core.errors import StageError
 from siftbench.benchmark.core.filtering import uid_random
 from siftbench.benchmark.core.pool import Pool
@@ -33,16 +32,14 @@ def scorer_fingerprint(scorer_cfg: dict[str, Any]) -> str:
 
 
 def ensure_scorer(world: Any, scorer_cfg: dict[str, Any], device: str = "cpu", workers: int = 1) -> str:
-    """Train (once) and apply (once) the scorer; return its model key, e.g. ``scorer``."""
+    """Train (once) and apply (once) the scorer; return its model key, e.g. ``scorer``.
+
+    The world's folders are its cache: embeddings that another scorer of the same name made (their
+    stage.json names other weights), or that an older siftbench made, are recomputed, never reused."""
     name = scorer_cfg["name"]
-    fingerprint = scorer_fingerprint(scorer_cfg)
     checkpoint = train_scorer(world, scorer_cfg, device=device)
-    out = Path(world.pool_dir) / "embeddings" / name
-    marker = out / "scorer.json"
-    if out.exists() and (not marker.exists() or json.loads(marker.read_text()).get("fingerprint") != fingerprint):
-        shutil.rmtree(out)  # embeddings of another scorer under the same name: stale
-    embed_pool(Path(world.pool_dir), arch=scorer_cfg["arch"], model_key=name, checkpoint=checkpoint, device=device)
-    write_json(marker, {"fingerprint": fingerprint, "config": scorer_cfg, "checkpoint": str(checkpoint)})
+    embed_pool(Path(world.pool_dir), arch=scorer_cfg["arch"], model_key=name, checkpoint=checkpoint, device=device,
+               on_change="restart")
     return name
 
 
@@ -59,7 +56,7 @@ def train_scorer(world: Any, scorer_cfg: dict[str, Any], device: str = "cpu") ->
         # A seed-independent, uid-hashed choice: the same reference_size always means the same pairs.
         uids = uids[np.argsort(uid_random(uids, 0), kind="stable")[:size]]
     shards = folder / "shards"
-    reshard(Path(world.reference_dir), sort_uids(uids), shards, seed=0, progress=False)
+    reshard(Path(world.reference_dir), sort_uids(uids), shards, seed=0, progress=False, on_change="restart")
     scale = {
         **load_scale("tiny"),
         "name": f"scorer:{scorer_cfg['name']}",
@@ -87,7 +84,7 @@ def reference_image_targets(world: Any, scorer_cfg: dict[str, Any], device: str 
     # has its own folder, so neither clashes with nor reuses these embeddings.
     embeddings = folder / "reference_embeddings"
     embed_pool(Path(world.reference_dir), arch=scorer_cfg["arch"], model_key=scorer_cfg["name"],
-               checkpoint=checkpoint, device=device, progress=False, out_dir=embeddings)  # fmt: skip
+               checkpoint=checkpoint, device=device, progress=False, out_dir=embeddings, on_change="restart")  # fmt: skip
     images = []
     for npz in sorted(embeddings.glob("*.npz")):
         with np.load(npz, allow_pickle=False) as z:

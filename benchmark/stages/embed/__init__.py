@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from string import hexdigits
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -75,6 +75,10 @@ class EmbedModel:
                           device=self.resolved_device())
 
 
+# What a restart clears: the embeddings, their stats and join index, and older siftbench's markers.
+RESTARTED = ("*.npz", "stats", "stats.json", "join", "model.json", "scorer.json")
+
+
 def embed_pool(
     pool_root: str | Path,
     arch: str,
@@ -87,8 +91,12 @@ def embed_pool(
     progress: bool = True,
     num_workers: int = 0,
     out_dir: str | Path | None = None,
+    on_change: Literal["refuse", "restart"] = "refuse",
 ) -> dict[str, Any]:
     """Embed every tar of ``pool_root/shards`` not embedded yet; return (and write) the stats.
+
+    A folder holding embeddings of other weights (or that no stage.json describes) is refused; with
+    ``on_change="restart"``, for caches the caller owns, it is emptied and embedded anew.
 
     ``executor`` maps shards over workers that load the model once each (Ray actors, with a GPU each
     when the cluster has GPUs); without one, shards run here and ``num_workers`` DataLoader workers read,
@@ -104,8 +112,9 @@ def embed_pool(
     identity = spec.identity()
     # The weights, not where the checkpoint file sits: a moved checkpoint still resumes.
     weights = {k: identity[k] for k in ("arch", "pretrained", "checkpoint_sha256")}
-    with stage_folder(out, fingerprint("embed", STAGE_VERSION, weights), on_change="refuse", what="embeddings",
-                      fix="use another model key or delete that folder", check_unclaimed=_no_foreign_embeddings):
+    with stage_folder(out, fingerprint("embed", STAGE_VERSION, weights), on_change=on_change, what="embeddings",
+                      outputs=RESTARTED, fix="use another model key or delete that folder",
+                      check_unclaimed=_no_foreign_embeddings):
         todo = [t for t in tars if not (out / f"{t.stem}.npz").exists()]
         start = time.perf_counter()
         if todo and executor is None:
