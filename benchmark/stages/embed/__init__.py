@@ -32,12 +32,12 @@ from string import hexdigits
 from typing import Any, Literal
 
 import numpy as np
-from tqdm import tqdm
 
 from siftbench.benchmark.core.atomic import atomic_path, write_json
 from siftbench.benchmark.core.errors import PoolError, StageError
 from siftbench.benchmark.core.executors import map_with_state
 from siftbench.benchmark.core.pool import Pool
+from siftbench.benchmark.core.progress import progress_bar
 from siftbench.benchmark.core.stage import fingerprint, stage_folder
 from siftbench.benchmark.core.uids import file_sha256, hex_to_uids
 from siftbench.benchmark.stages.embed.preprocess import AsciiFastTokenizer, BatchPreprocess, _decode_shard
@@ -163,8 +163,8 @@ def embed_tars(
     pending: dict[int, _Shard] = {}
     # Beside a GPU torch only launches kernels here, so it takes a few threads and leaves the cores to the workers.
     threads = torch_threads(device, 1) if on_gpu and num_workers > 0 else torch.get_num_threads()
-    with _intra_op_threads(threads), torch.no_grad(), tqdm(
-        total=done_before + len(tars), initial=done_before, desc="embed", unit="shard", disable=not progress
+    with _intra_op_threads(threads), torch.no_grad(), progress_bar(
+        enabled=progress, total=done_before + len(tars), initial=done_before, desc="embed", unit="shard"
     ) as bar:
         for item in stream:
             shard = pending.setdefault(item[1], _Shard(tars[item[1]], dim))
