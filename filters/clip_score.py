@@ -4,12 +4,19 @@ import numpy as np
 import pandas as pd
 
 from siftbench.benchmark.core.errors import ConfigError
-from siftbench.benchmark.core.filtering import Decision, Filter, SelectContext, register_filter
+from siftbench.benchmark.core.filtering import (
+    Decision,
+    Filter,
+    SelectContext,
+    numeric_column,
+    register_filter,
+)
 from siftbench.benchmark.core.pool import ShardBatch
 from siftbench.benchmark.core.selection import (
     check_threshold_or_fraction,
     keep_at_least,
     top_fraction_threshold,
+    unrankable,
 )
 
 
@@ -20,8 +27,11 @@ class ClipScore(Filter):
 
     ``column`` is a pool column (DataComp's ``clip_b32_similarity_score``) or one that ``siftbench embed``
     added (``clip_<model>_similarity_score``). The top fraction uses ONE threshold over the whole pool,
-    as DataComp does, never one per shard.
+    as DataComp does, never one per shard. Give a threshold or a fraction: setting one in a config
+    replaces the default of the other (``alternatives``).
     """
+
+    alternatives = (("threshold", "fraction"),)
 
     column: str = "clip_b32_similarity_score"
     threshold: float | None = None
@@ -34,15 +44,16 @@ class ClipScore(Filter):
         return (self.column,)
 
     def score(self, batch: ShardBatch) -> pd.DataFrame:
-        return pd.DataFrame({"clip_score": batch.table[self.column].to_numpy(dtype=np.float32)})
+        scores = numeric_column(batch, self.column, self.name, choose="filter.column")
+        return pd.DataFrame({"clip_score": scores.astype(np.float32)})
 
     def select(self, values: pd.DataFrame, uids: np.ndarray, ctx: SelectContext) -> Decision:
         scores = values["clip_score"].to_numpy()
-        nan = np.isnan(scores)
-        if nan.all() and len(scores):
-            raise ConfigError(f"clip_score: every value of {self.column!r} is NaN; recompute the scores")
-        # NaN scores cannot be ranked: dropped and counted, never silently kept.
-        valid = scores[~nan]
-        thr = self.threshold if self.threshold is not None else top_fraction_threshold(valid, self.fraction)
-        keep = keep_at_least(np.where(nan, -np.inf, scores), thr)
-        return Decision.from_reasons({"nan_score": nan, "below_threshold": ~keep}, len(scores))
+        # NaN and infinite scores cannot be ranked: dropped and counted, never silently kept or ranked.
+        dropped = unrankable(scores, "score")
+        ranked = ~(dropped["nan_score"] | dropped["infinite_score"])
+        if len(scores) and not ranked.any():
+            raise ConfigError(f"clip_score: every value of {self.column!r} is NaN or infinite; recompute the scores")
+        thr = self.threshold if self.threshold is not None else top_fraction_threshold(scores[ranked], self.fraction)
+        keep = ranked & keep_at_least(scores, thr)
+        return Decision.from_reasons({**dropped, "below_threshold": ~keep}, len(scores))

@@ -30,6 +30,8 @@ class DiversityBalance(ConceptFilter):
     all it has (the shortfall is reported in the notes, not refilled).
     """
 
+    alternatives = (("size", "fraction"),)
+
     size: int | None = None
     fraction: float | None = None
     ratio: float = 1.0

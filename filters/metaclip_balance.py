@@ -37,6 +37,9 @@ class MetaclipBalance(ConceptFilter):
     It must be the last step of a sequence.
     """
 
+    # t stays apart: resample=true takes t together with size or pool_fraction.
+    alternatives = (("size", "pool_fraction"),)
+
     t: float | None = None
     size: int | None = None
     pool_fraction: float | None = None

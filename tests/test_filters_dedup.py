@@ -17,7 +17,7 @@ from siftbench.benchmark.core.filtering import SelectContext, build_filter
 from siftbench.benchmark.core.uids import file_sha256, hex_to_uids, read_subset, uids_to_hex
 from siftbench.benchmark.stages.image_features import compute_image_features
 from siftbench.benchmark.stages.select import run_filter
-from siftbench.filters.common.neighbours import clustered_pairs, greedy_drop, hamming_pairs
+from siftbench.filters.common.neighbours import clustered_pairs, greedy_drop, hamming_pairs, rank_by
 from siftbench.filters.semantic_dedup import semantic_dedup
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "filter"
@@ -292,3 +292,13 @@ def test_empty_shard_is_counted_by_the_pixel_dedups(tmp_path):
                                             {"name": "perceptual_dedup", "hash": "thumbnail", "crop": 0.75}]}  # fmt: skip
     stats = run_filter(root, cfg, tmp_path / "out")
     assert stats["pool_size"] == 40 and stats["steps"][0]["dropped"] == {"exact_duplicate": 2}
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_rank_by_puts_non_finite_values_last(descending):
+    """Which duplicate is kept follows a rank: NaN or an infinity must never come first (-inf would, ascending)."""
+    values = np.array([0.5, -np.inf, np.nan, 0.2, np.inf, 0.9])
+    rank = rank_by(values, hex_to_uids([f"{i:032x}" for i in range(6)]), descending=descending)
+    finite_first = [5, 0, 3] if descending else [3, 0, 5]
+    assert list(np.argsort(rank))[:3] == finite_first
+    assert set(np.argsort(rank)[3:]) == {1, 2, 4}

@@ -88,7 +88,7 @@ def test_the_select_stage_writes_the_oracle_sorted_with_its_repeats(world: World
     ({"resample_t": 0}, r"oracle: resample_t=0\.0 must be a count >= 1"),
     ({"pool_fraction": 0.5}, "pool_fraction draws with repeats, so it needs resample_t"),
     ({"resample_t": 1, "pool_fraction": 1.5}, r"pool_fraction=1\.5 must be in \(0, 1\]"),
-    ({"t": 5}, r"filter 'oracle': unknown parameter\(s\) \['t'\]"),
+    ({"t": 5}, r"filter 'oracle' has no parameter 't'\. It takes resample_t, pool_fraction, ground_truth"),
     ({"resample_t": "many"}, r"filter 'oracle': resample_t='many' has type str, expected float \| None"),
 ])  # fmt: skip
 def test_oracle_parameters_are_checked_like_any_filters(world: World, params: dict, message: str):

@@ -162,6 +162,62 @@ def test_nan_scores_are_dropped_and_counted(tmp_path):
     assert stats["steps"][0]["dropped"] == {"nan_score": 1}
 
 
+@pytest.mark.parametrize("rule", [{"threshold": 0.0}, {"fraction": 0.5}])
+def test_infinite_scores_are_dropped_and_counted_like_nan(tmp_path, rule):
+    """+inf would outrank every score and -inf would pass as 'below threshold': neither is ranked."""
+    root = tmp_path / "pool"
+    (root / "metadata").mkdir(parents=True)
+    scores = np.array([0.1, np.inf, 0.9, -np.inf, np.nan, 0.5, 0.3, np.inf], dtype=np.float32)
+    pq.write_table(pa.table({"uid": [f"{i:032x}" for i in range(8)], "clip_b32_similarity_score": scores}),
+                   root / "metadata" / "a.parquet")
+    stats = run_filter(root, {"name": "clip_score", **rule}, tmp_path / "out")
+    dropped = stats["steps"][0]["dropped"]
+    assert dropped["nan_score"] == 1 and dropped["infinite_score"] == 3
+    # Of the four finite scores: all (threshold 0), or DataComp's top half (score >= sorted_desc[2]: three).
+    kept = {0, 2, 5, 6} if "threshold" in rule else {2, 5, 6}
+    assert kept_hex(tmp_path / "out") == {f"{i:032x}" for i in kept}
+    assert sum(dropped.values()) + stats["kept"] == 8
+
+
+def test_basic_drops_and_counts_missing_or_infinite_sizes(tmp_path):
+    """DataComp's comparisons (min side >= 200, aspect <= 3) fail for a missing or infinite size."""
+    root = tmp_path / "pool"
+    (root / "metadata").mkdir(parents=True)
+    pq.write_table(pa.table({"uid": [f"{i:032x}" for i in range(4)], "text": [CAPTIONS["en"]] * 4,
+                             "original_width": [400.0, np.nan, np.inf, 400.0],
+                             "original_height": [400, 400, 400, None]}),
+                   root / "metadata" / "a.parquet")  # fmt: skip
+    stats = run_filter(root, {"name": "basic"}, tmp_path / "out")
+    assert kept_hex(tmp_path / "out") == {f"{0:032x}"}
+    assert stats["steps"][0]["dropped"] == {"nan_size": 2, "infinite_size": 1}
+
+
+@pytest.mark.parametrize(("filter_cfg", "column", "values", "kind"), [
+    ({"name": "clip_score", "fraction": 0.5}, "clip_b32_similarity_score", ["0.9", "0.1", "0.5", "0.3"], "string"),
+    ({"name": "clip_score", "fraction": 0.5}, "clip_b32_similarity_score", [True, False, True, True], "boolean"),
+    ({"name": "basic"}, "original_width", ["400", "400", "100", "400"], "string"),
+])  # fmt: skip
+def test_a_numeric_column_of_another_type_is_refused(tmp_path, filter_cfg, column, values, kind):
+    """Numbers written as text are neither ranked as text nor converted silently: one error naming the file."""
+    root = tmp_path / "pool"
+    (root / "metadata").mkdir(parents=True)
+    table = {"uid": [f"{i:032x}" for i in range(4)], "text": [CAPTIONS["en"]] * 4, "original_width": [400] * 4,
+             "original_height": [400] * 4, "clip_b32_similarity_score": [0.5] * 4}
+    pq.write_table(pa.table({**table, column: values}), root / "metadata" / "00000000.parquet")
+    with pytest.raises(PoolError, match=rf"metadata/00000000\.parquet: column '{column}' holds {kind} values"):
+        run_filter(root, filter_cfg, tmp_path / "out")
+    assert not (tmp_path / "out" / "subset.npy").exists()
+
+
+def test_a_column_of_nulls_only_is_missing_values_not_a_type_error(tmp_path):
+    root = tmp_path / "pool"
+    (root / "metadata").mkdir(parents=True)
+    pq.write_table(pa.table({"uid": [f"{i:032x}" for i in range(3)], "clip_b32_similarity_score": pa.nulls(3)}),
+                   root / "metadata" / "a.parquet")
+    with pytest.raises(ConfigError, match="every value of 'clip_b32_similarity_score' is NaN or infinite"):
+        run_filter(root, {"name": "clip_score", "fraction": 0.5}, tmp_path / "out")
+
+
 def test_missing_column_names_what_exists(tmp_path):
     root = make_metadata_pool(tmp_path / "pool", 100, files=2)
     with pytest.raises(MissingColumnError, match=r"clip_l14_similarity_score.*has \['uid', 'text'"):
@@ -184,7 +240,7 @@ def test_threshold_and_fraction_both_given(pool, tmp_path):
 
 
 def test_unknown_parameter(pool, tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['fractoin'\]"):
+    with pytest.raises(ConfigError, match=r"filter 'random' has no parameter 'fractoin'; did you mean 'fraction'\?"):
         run_filter(pool, {"name": "random", "fractoin": 0.3}, tmp_path / "o")
 
 

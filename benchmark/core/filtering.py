@@ -11,6 +11,7 @@ images' folder, target embeddings, the world's ground truth) a filter declares w
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import hashlib
 import typing
@@ -23,7 +24,7 @@ import pandas as pd
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ConfigError
+from .errors import ConfigError, PoolError
 from .pool import ShardBatch
 from .registry import Registry
 
@@ -92,6 +93,10 @@ class Filter:
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"  # bump whenever the filter's output changes for the same input
+    # Groups of parameters that are ways of saying the same thing (a threshold or a top fraction): a config
+    # that sets one of a group replaces the defaults of the others (experiment/config.py), so
+    # `filter.threshold=0.25` alone works although the default config sets a fraction.
+    alternatives: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
     def columns(self) -> tuple[str, ...]:
         """Metadata columns ``score`` reads (besides uid)."""
@@ -141,6 +146,33 @@ def default_params(cls: type[Filter]) -> dict[str, Any]:
     return out
 
 
+def numeric_column(batch: ShardBatch, column: str, who: str, choose: str | None = None) -> np.ndarray:
+    """One shard's ``column`` as float64 (nulls become NaN), for a filter that compares or ranks numbers.
+
+    A column of another type (text, even text that looks like numbers; booleans; dates) is a PoolError
+    naming the shard's file, the column and what it holds: ranking text, or converting it silently, would
+    give a subset that looks right and is not. ``choose`` names the parameter that picks the column, if any.
+    """
+    series = batch.table[column]
+    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
+        return series.to_numpy(dtype=np.float64, na_value=np.nan)
+    if series.isna().all():  # nothing but nulls (Arrow's null type): no value to rank, every one missing
+        return np.full(len(series), np.nan)
+    kind = pd.api.types.infer_dtype(series, skipna=True)
+    example = series.dropna().iloc[0]
+    fix = f"pick a numeric column with {choose}=..., or store" if choose else "store"
+    raise PoolError(f"metadata/{batch.shard}.parquet: column {column!r} holds {kind} values (e.g. {example!r}), "
+                    f"not numbers, and filter {who!r} compares numbers; {fix} the column as float or integer "
+                    "(numbers written as text are not converted)")
+
+
+def unknown_parameter(name: str, key: str, known: list[str]) -> str:
+    """The words of an error for a parameter filter ``name`` does not have, with the nearest one it has."""
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else "."
+    return f"filter {name!r} has no parameter {key!r}{hint} It takes {', '.join(known) or 'none'}"
+
+
 def config_steps(filter_cfg: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The filter steps of a config: its ``steps``, or the config itself when it names one filter."""
     return list(filter_cfg.get("steps", [filter_cfg]))
@@ -157,10 +189,10 @@ def check_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters, each checked against (and converted to) its field's type by OmegaConf's rules:
     ``fraction=abc`` or ``fraction=true`` for a ``float | None`` is a ConfigError naming both."""
     cls = filter_class(name)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(params) - known)
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ConfigError(f"filter {name!r}: unknown parameter(s) {unknown}; it takes {sorted(known) or 'none'}")
+        raise ConfigError(unknown_parameter(name, unknown[0], known))
     schema, types = _schema(cls)
     checked = {}
     for key, value in params.items():

@@ -1,4 +1,9 @@
-"""Selection rules shared by filters: thresholds and global top fractions, exactly as DataComp defines them."""
+"""Selection rules shared by filters: thresholds and global top fractions, exactly as DataComp defines them.
+
+Only finite values can be ranked: a NaN compares false with everything and an infinity outranks every
+score, so a filter drops them first, each under its own counted reason (``unrankable``), and the rules
+below refuse them.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +21,18 @@ def check_threshold_or_fraction(who: str, threshold: float | None, fraction: flo
         raise ConfigError(f"{who}: fraction={fraction} must be in (0, 1]")
 
 
+def unrankable(values: np.ndarray, what: str) -> dict[str, np.ndarray]:
+    """Drop reasons for the values no rule can rank: ``nan_<what>`` and ``infinite_<what>`` (+inf or -inf)."""
+    values = np.asarray(values, dtype=np.float64)
+    return {f"nan_{what}": np.isnan(values), f"infinite_{what}": np.isinf(values)}
+
+
 def top_fraction_threshold(scores: np.ndarray, fraction: float) -> float:
     """DataComp's rule: one global threshold ``sorted_desc[int(N * fraction)]``; keep ``score >= thr``."""
     scores = np.asarray(scores, dtype=np.float64)
-    if np.isnan(scores).any():
-        raise ValueError(f"{int(np.isnan(scores).sum())} scores are NaN; fix or drop them before selecting")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{int((~np.isfinite(scores)).sum())} scores are NaN or infinite; drop them before "
+                         "selecting (unrankable)")
     n = len(scores)
     if n == 0:
         return float("inf")

@@ -33,8 +33,9 @@ def uid_rank(uids: np.ndarray) -> np.ndarray:
 
 
 def rank_by(values: np.ndarray, uids: np.ndarray, descending: bool = False) -> np.ndarray:
-    """Rank rows by a value, ties broken by uid."""
+    """Rank rows by a value, ties broken by uid; NaN and infinite values rank after every finite one."""
     v = -np.asarray(values, dtype=np.float64) if descending else np.asarray(values, dtype=np.float64)
+    v = np.where(np.isfinite(v), v, np.inf)  # never first: -inf would outrank every real value
     order = np.lexsort((uids["f1"], uids["f0"], v))
     rank = np.empty(len(uids), dtype=np.int64)
     rank[order] = np.arange(len(uids))
