@@ -39,12 +39,33 @@ def test_unknown_config_group_option_lists_choices(capsys):
     assert "clip_score" in err and "Traceback" not in err
 
 
-def test_threshold_and_fraction(capsys, tmp_path):
+def test_a_threshold_alone_is_datacomps_rule(capsys, tmp_path):
+    """clip_score's config sets a default fraction; a threshold given alone replaces it (DataComp's LAION-style
+    rule), and the subset is exactly the rows with score >= threshold."""
+    import pyarrow.parquet as pq
+
+    from siftbench.benchmark.core.uids import hex_to_uids, read_subset, sort_uids
+    from siftbench.benchmark.perf.bench import make_metadata_pool
+
+    pool = make_metadata_pool(tmp_path / "pool", 400, files=3)
+    code, out, err = run_cli(capsys, "filter", str(pool), "--out", str(tmp_path / "o"), "filter=clip_score",
+                             "filter.column=clip_b32_similarity_score", "filter.threshold=0.25")
+    assert code == 0, err
+    table = pq.read_table(pool / "metadata")
+    scores = table.column("clip_b32_similarity_score").to_numpy()
+    wanted = sort_uids(hex_to_uids(table.column("uid").filter(scores >= 0.25)))
+    subset = read_subset(tmp_path / "o" / "subset.npy")
+    assert 100 < len(subset) == int((scores >= 0.25).sum()) < 300
+    assert np.array_equal(subset, wanted)
+    assert '"threshold": 0.25' in out and '"fraction": null' in out
+
+
+def test_threshold_and_fraction_both_given_is_an_error(capsys, tmp_path):
     from siftbench.benchmark.perf.bench import make_metadata_pool
 
     pool = make_metadata_pool(tmp_path / "pool", 50, files=1)
     code, _, err = run_cli(capsys, "filter", str(pool), "--out", str(tmp_path / "o"), "filter=clip_score",
-                           "filter.column=clip_b32_similarity_score", "filter.threshold=0.3")
+                           "filter.column=clip_b32_similarity_score", "filter.threshold=0.3", "filter.fraction=0.3")
     assert code == 2
     assert "exactly one of threshold= or fraction=" in err
 

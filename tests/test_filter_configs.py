@@ -69,6 +69,50 @@ def test_defaults_can_be_overridden_without_a_plus():
         compose_config(["filter=basic", "filter.min_wrds=4"])  # a typo is not a new parameter
 
 
+def step_params(cfg: Mapping[str, Any], step: int | None, keys: tuple[str, ...]) -> dict[str, Any]:
+    node = cfg if step is None else cfg["steps"][step]
+    return {k: node[k] for k in keys}
+
+
+@pytest.mark.parametrize(("overrides", "step", "expected"), [
+    (["filter=clip_score", "filter.threshold=0.25"], None, {"threshold": 0.25, "fraction": None}),
+    (["filter=clip_score", "filter.fraction=0.3"], None, {"threshold": None, "fraction": 0.3}),
+    (["filter=dedup_clip", "+filter.steps.2.threshold=0.25"], 2, {"threshold": 0.25, "fraction": None}),
+    (["filter=diversity_balance", "filter.size=100"], None, {"size": 100, "fraction": None}),
+    (["filter=clip_resample", "+filter.steps.1.size=100"], 1, {"t": 1000, "size": 100, "pool_fraction": None}),
+])  # fmt: skip
+def test_one_of_alternative_parameters_replaces_the_defaults_of_the_others(overrides, step, expected):
+    """A threshold given alone is DataComp's LAION-style rule, although clip_score's config sets a fraction."""
+    cfg = to_dict(compose_config(overrides).filter)
+    assert step_params(cfg, step, tuple(expected)) == expected
+    plan_from_config(cfg)  # a valid filter: exactly one of the alternatives
+
+
+def test_both_alternatives_given_stay_an_error():
+    cfg = to_dict(compose_config(["filter=clip_score", "filter.threshold=0.25", "filter.fraction=0.3"]).filter)
+    with pytest.raises(ConfigError, match="give exactly one of threshold= or fraction="):
+        plan_from_config(cfg)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["filter=clip_scor"], "unknown filter 'clip_scor'. Did you mean 'clip_score'"),
+    (["scale=tinyy"], "unknown scale 'tinyy'. Did you mean 'tiny'"),
+    (["filter=clip_score", "filter.fractoin=0.3"],
+     "filter 'clip_score' has no parameter 'fractoin'; did you mean 'fraction'? It takes column, threshold, fraction"),
+    (["filter=clip_score", "+filter.fractoin=0.3"], "filter 'clip_score' has no parameter 'fractoin'; did you mean"),
+    (["filter=dedup", "filter.steps.1.radus=3"], "filter 'perceptual_dedup' has no parameter 'radus'; did you mean 'radius'"),
+    (["filter=dedup_clip", "filter.steps.2.threshold=0.3"],
+     "filter 'clip_score': the config does not set 'threshold'; add it with +filter.steps.2.threshold=<value>"),
+    (["scale=toy", "scale.lrr=1"], "scale 'toy' has no key 'lrr'; did you mean 'lr'?"),
+    (["seeed=1"], "no setting 'seeed'; did you mean 'seed'?"),
+    (["filter.=3"], "cannot read the override 'filter.=3'; write key=value"),
+])  # fmt: skip
+def test_config_mistakes_are_one_line_with_the_nearest_name(overrides, message):
+    with pytest.raises(ConfigError) as caught:
+        plan_from_config(to_dict(compose_config(overrides).filter))
+    assert message in str(caught.value) and "\n" not in str(caught.value) and "search path" not in str(caught.value)
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("filter.fraction=abc", "filter 'clip_score': fraction='abc' has type str, expected float | None"),
     ("filter.fraction=true", "filter 'clip_score': fraction=True has type bool, expected float | None"),
