@@ -1,16 +1,21 @@
 """The whole path at `toy` scale, on the toy world: filter -> reshard -> train -> evaluate -> results."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
-from siftbench.benchmark.core.errors import ConfigError
+from siftbench.benchmark.core.errors import ConfigError, SiftbenchError
 from siftbench.benchmark.core.pool import Pool
 from siftbench.benchmark.core.results import load_results
-from siftbench.benchmark.core.uids import file_sha256, read_subset
+from siftbench.benchmark.core.source import DataCompPool
+from siftbench.benchmark.core.uids import UID_DTYPE, file_sha256, read_subset, write_subset
+from siftbench.benchmark.experiment import runner
 from siftbench.benchmark.experiment.config import compose_config
 from siftbench.benchmark.experiment.runner import pool_source, run_experiment, select_stage
+from siftbench.benchmark.perf.bench import make_metadata_pool
 from siftbench.benchmark.world import default_cache_dir
 
 TOY = ["world=toy", "scale=toy", "scorer.samples_seen=3072", "scorer.global_batch=64"]
@@ -64,8 +69,9 @@ def test_oracle_draws_only_clean_pairs_to_clip_scores_size(runs):
 
 def test_oracle_parameters_are_checked(runs):
     cfg = compose_config([*TOY, "filter=oracle", "+filter.t=5", f"runs_dir={runs['oracle'].parent}", "name=bad-oracle"])
-    with pytest.raises(ConfigError, match=r"filter 'oracle': unknown parameter\(s\) \['t'\]"):
+    with pytest.raises(ConfigError, match=r"filter 'oracle' has no parameter 't'"):
         run_experiment(cfg, progress=False)
+    assert not (runs["oracle"].parent / "bad-oracle").exists()
 
 
 @pytest.mark.parametrize(("value", "message"), [("abc", "fraction='abc' has type str"), ("true", "fraction=True has type bool")])
@@ -75,7 +81,7 @@ def test_an_ill_typed_filter_parameter_fails_before_anything_runs(tmp_path, valu
                           f"filter.fraction={value}", f"runs_dir={tmp_path}"])  # fmt: skip
     with pytest.raises(ConfigError, match=f"filter 'clip_score': {message}, expected float \\| None"):
         run_experiment(cfg, progress=False)
-    assert [p.name for p in (tmp_path / "clip_score-toy-s0").iterdir()] == ["config.yaml"]
+    assert not (tmp_path / "clip_score-toy-s0").exists()  # no config.yaml to refuse the corrected command
     assert set((default_cache_dir() / "worlds").glob("*")) == worlds  # no world generated for it
 
 
@@ -85,7 +91,7 @@ def test_the_oracle_on_a_real_pool_is_refused_before_anything_runs(runs, tmp_pat
                           f"runs_dir={tmp_path}"])  # fmt: skip
     with pytest.raises(ConfigError, match="filter 'oracle' needs the embedded world's ground truth, which a real pool"):
         run_experiment(cfg, progress=False)
-    assert [p.name for p in (tmp_path / "oracle-toy-s0").iterdir()] == ["config.yaml"]
+    assert not (tmp_path / "oracle-toy-s0").exists()
 
 
 def test_a_real_pool_runs_the_same_filter_without_world_diagnostics(runs, tmp_path):
@@ -104,12 +110,17 @@ def test_report_lists_tasks_and_defects(runs):
     assert "| shapes | acc1 |" in report and "| misaligned |" in report
 
 
-def test_rerun_resumes_without_redoing_work(runs):
+def test_rerun_of_a_finished_run_redoes_nothing(runs):
+    """Not even the evaluation: results.json (its created time, its wall times) stays as it was, so the
+    leaderboard still takes the run as the one it knows."""
     run_dir = runs["clip_score"]
-    before = {p: p.stat().st_mtime_ns for p in (run_dir / "subset.npy", run_dir / "train" / "train_stats.json")}
+    outputs = ("subset.npy", "subset_stats.json", "train/train_stats.json", "results.json", "eval_results.jsonl",
+               "report.md", "config.yaml")
+    before = {name: ((run_dir / name).stat().st_mtime_ns, (run_dir / name).read_bytes()) for name in outputs}
     cfg = compose_config([*TOY, "filter=clip_score", f"runs_dir={run_dir.parent}"])
-    run_experiment(cfg, progress=False)
-    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert run_experiment(cfg, progress=False) == run_dir
+    assert {name: ((run_dir / name).stat().st_mtime_ns, (run_dir / name).read_bytes()) for name in outputs} == before
+    assert min(load_results(run_dir)["run"]["wall_times_s"].values()) >= 0 and load_results(run_dir)["average"] > 0
 
 
 def test_a_run_folder_of_another_experiment_is_refused_not_reused(runs):
@@ -135,3 +146,57 @@ def test_image_based_on_the_world_aims_at_the_reference_images(runs, tmp_path):
     assert targets.shape == (reference, 128) and np.isfinite(targets).all()  # the scorer's 128-d space
     clip, image_based = stats["steps"]
     assert image_based["kept"] > 0 and stats["kept"] <= clip["kept"]  # an intersection
+
+
+# The runner's bookkeeping on a small metadata pool (no world, no training).
+
+
+def metadata_pool_config(tmp_path, *overrides):
+    pool = make_metadata_pool(tmp_path / "pool", 120, files=2)
+    return compose_config(["scale=toy", f"pool={pool}", f"eval_root={tmp_path / 'eval'}", f"runs_dir={tmp_path / 'runs'}",
+                           "name=r", "filter=clip_score", "filter.column=clip_b32_similarity_score", *overrides])  # fmt: skip
+
+
+def test_a_folder_where_no_stage_finished_is_taken_over_not_refused(tmp_path):
+    """A run that failed before any stage finished left a config.yaml (older siftbench did, on a typo): the
+    corrected command is not refused as 'a different experiment'; a finished stage makes it one."""
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(metadata_pool_config(tmp_path, "filter.fraction=0.9")))
+    cfg = metadata_pool_config(tmp_path)
+    with pytest.raises(SiftbenchError, match="eval task folder"):  # the next thing wrong, not the folder
+        run_experiment(cfg, progress=False)
+    write_subset(run_dir / "subset.npy", np.zeros(0, UID_DTYPE))
+    (run_dir / "subset_stats.json").write_text(json.dumps({"kept": 0, "plots": []}))
+    with pytest.raises(ConfigError, match=r"different experiment \(filter.fraction differ"):
+        run_experiment(cfg, progress=False)
+
+
+class KilledHere(BaseException):
+    """Stands for a SIGKILL: nothing after the point it is raised at runs."""
+
+
+def test_a_kill_between_the_filter_and_the_select_stages_stats_resumes_with_diagnostics(tmp_path, monkeypatch):
+    """run_filter writes subset_stats.json without the source's diagnostics and the plots; the select stage's
+    own stats, written last, mark it finished, so a kill in between is redone on the rerun."""
+    cfg = metadata_pool_config(tmp_path)
+
+    class Source(DataCompPool):
+        def diagnostics(self, subset):
+            return {"removed": 120 - len(subset)}
+
+    source, run_dir = Source(Path(cfg.pool)), tmp_path / "runs" / "r"
+
+    def killed(*args, **kwargs):
+        raise KilledHere
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "write_filter_plots", killed)
+        with pytest.raises(KilledHere):
+            select_stage(cfg, source, run_dir)
+    assert "diagnostics" not in json.loads((run_dir / "subset_stats.json").read_text())  # run_filter's own
+    stats = select_stage(cfg, source, run_dir)
+    assert stats["diagnostics"] == {"removed": 120 - stats["kept"]} and "plots" in stats
+    assert json.loads((run_dir / "subset_stats.json").read_text()) == stats
+    mtime = (run_dir / "subset_stats.json").stat().st_mtime_ns
+    assert select_stage(cfg, source, run_dir) == stats and (run_dir / "subset_stats.json").stat().st_mtime_ns == mtime

@@ -22,7 +22,7 @@ from siftbench.benchmark.core.atomic import write_json, write_text
 from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.executors import make_executor
 from siftbench.benchmark.core.filtering import check_filter_config
-from siftbench.benchmark.core.results import SCHEMA_VERSION, validate_results
+from siftbench.benchmark.core.results import SCHEMA_VERSION, ResultsError, load_results, validate_results
 from siftbench.benchmark.core.scales import check_scale, resolved_scale
 from siftbench.benchmark.core.source import DataCompPool, PoolSource, fill_resources
 from siftbench.benchmark.core.uids import file_sha256, read_subset
@@ -62,25 +62,31 @@ def checked_filter_config(cfg: Any) -> dict[str, Any]:
 
 
 def run_experiment(cfg: Any, progress: bool = True) -> Path:
-    """Filter -> reshard -> train -> evaluate, in ``runs_dir/<name>/``; returns the run directory."""
+    """Filter -> reshard -> train -> evaluate, in ``runs_dir/<name>/``; returns the run directory.
+
+    Everything a user can get wrong (the folder belongs to another experiment, a filter parameter, a scale
+    override, a missing eval set) fails before config.yaml is written and before minutes of generating,
+    filtering and training. A finished run (its results.json valid and of this config) is reported as it is.
+    """
     timings: dict[str, float] = {}
     run_dir = Path(cfg.runs_dir) / run_name(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     config_yaml = OmegaConf.to_yaml(cfg)
     check_same_experiment(run_dir, config_yaml)
-    write_text(run_dir / "config.yaml", config_yaml)
     say = print if progress else (lambda *a, **k: None)
+    if finished_results(run_dir, cfg) is not None:
+        say(f"[siftbench] {run_dir.name}: finished already ({run_dir / 'results.json'}); nothing to redo")
+        return run_dir
 
-    # A bad filter parameter or scale override, or a missing eval set, must fail now, not after minutes of
-    # generating, filtering and training.
     filter_cfg = checked_filter_config(cfg)
     scale = resolved_scale(to_dict(cfg.scale))
     clock = time.perf_counter()
     source = pool_source(cfg)
     timings["world"] = time.perf_counter() - clock
-    say(f"[siftbench] {run_dir.name}: pool {source.pool_dir}")
     suite = load_suite(cfg.eval.name, root=source.eval_root())
     filter_cfg = fill_resources(filter_cfg, source)  # e.g. the oracle on a real pool is refused here
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", config_yaml)
+    say(f"[siftbench] {run_dir.name}: pool {source.pool_dir}")
 
     clock = time.perf_counter()
     subset_stats = select_stage(cfg, source, run_dir, filter_cfg)
@@ -140,9 +146,10 @@ def run_experiment(cfg: Any, progress: bool = True) -> Path:
         "diagnostics": subset_stats.get("diagnostics"),
         "oracle_gap_closed": None,
     }
-    write_json(run_dir / "results.json", validate_results(results, str(run_dir / "results.json")))
+    validate_results(results, str(run_dir / "results.json"))
     write_eval_results_jsonl(run_dir / "eval_results.jsonl", tasks, suite)  # DataComp's shape, for their tools
     write_text(run_dir / "report.md", render_report(results, subset_stats))
+    write_json(run_dir / "results.json", results)  # last: the run's completion marker
     say(f"[siftbench] {run_dir.name}: average {results['average']:.3f} -> {run_dir / 'results.json'}")
     return run_dir
 
@@ -152,11 +159,18 @@ EXECUTION_KEYS = ("executor", "device", "nproc", "runs_dir", "name", "plugins")
 
 
 def check_same_experiment(run_dir: Path, config_yaml: str) -> None:
-    """Stages skip outputs that exist, so a run folder made by another experiment would be reused silently."""
+    """Stages skip outputs that exist, so a run folder made by another experiment would be reused silently.
+
+    Only a finished stage can be reused: a folder where none finished (a run that failed at once, on a typo)
+    is simply taken over, and each stage's own fingerprint guards the partial work in it."""
     previous_path = run_dir / "config.yaml"
-    if not previous_path.exists():
+    if not previous_path.exists() or not finished_stages(run_dir):
         return
-    previous = yaml.safe_load(previous_path.read_text()) or {}
+    try:
+        previous = yaml.safe_load(previous_path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{previous_path}: unreadable ({type(e).__name__}); it records the experiment of the "
+                          "finished stages in that folder: restore it, or move the folder away") from None
     changed = [k for k in _flat_diff(previous, yaml.safe_load(config_yaml)) if k.split(".")[0] not in EXECUTION_KEYS]
     if changed:
         shown = ", ".join(changed[:8]) + (f" (+{len(changed) - 8} more)" if len(changed) > 8 else "")
@@ -164,6 +178,35 @@ def check_same_experiment(run_dir: Path, config_yaml: str) -> None:
             f"{run_dir} holds a run of a different experiment ({shown} differ from its config.yaml); its "
             "finished stages would be reused. Pick another name=..., or move that folder away to start over"
         )
+
+
+def finished_stages(run_dir: Path) -> list[str]:
+    """The stages of a run folder whose completion marker is there (each written last, atomically)."""
+    markers = {"select": select_finished(run_dir) is not None, "reshard": (run_dir / "shards" / "manifest.json").exists(),
+               "train": (run_dir / "train" / "train_stats.json").exists(), "evaluate": (run_dir / "results.json").exists()}
+    return [stage for stage, done in markers.items() if done]
+
+
+def finished_results(run_dir: Path, cfg: Any) -> dict[str, Any] | None:
+    """The run's results.json if it is valid and of this config (name, seed, scale, filter and the subset it
+    names), else None: evaluated again."""
+    path = run_dir / "results.json"
+    if not path.exists():
+        return None
+    try:
+        results = load_results(path)
+    except ResultsError:
+        return None
+    subset = run_dir / "subset.npy"
+    same = (results["run"].get("name") == run_dir.name and results["run"].get("seed") == int(cfg.seed)
+            and results["scale"].get("name") == cfg.scale.name and results["filter"].get("config") == to_dict(cfg.filter)
+            and subset.is_file() and results["subset"].get("sha256") == file_sha256(subset))
+    subset_stats = select_finished(run_dir)
+    if not same or subset_stats is None:
+        return None
+    if not (run_dir / "report.md").exists():  # results.json of a run made before report.md was written first
+        write_text(run_dir / "report.md", render_report(results, subset_stats))
+    return results
 
 
 def _flat_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -174,10 +217,14 @@ def _flat_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def select_stage(cfg: Any, source: PoolSource, run_dir: Path, filter_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write subset.npy + subset_stats.json (skipped when both exist), with the source's diagnostics of the subset."""
-    stats_path = run_dir / "subset_stats.json"
-    if (run_dir / "subset.npy").exists() and stats_path.exists():
-        return json.loads(stats_path.read_text())
+    """Write subset.npy + subset_stats.json with the source's diagnostics of the subset and the filter's plots.
+
+    run_filter writes subset_stats.json first, without them; this stage's own stats replace it, atomically
+    and last, and only they mark the stage finished: a kill in between reruns the (resumable) filter.
+    """
+    finished = select_finished(run_dir)
+    if finished is not None:
+        return finished
     if filter_cfg is None:
         filter_cfg = fill_resources(checked_filter_config(cfg), source)
     plan = plan_from_config(filter_cfg)
@@ -191,9 +238,23 @@ def select_stage(cfg: Any, source: PoolSource, run_dir: Path, filter_cfg: dict[s
     diagnostics = source.diagnostics(read_subset(run_dir / "subset.npy"))
     if diagnostics is not None:
         stats["diagnostics"] = diagnostics
+    # "plots" is this stage's key (run_filter never writes it): its presence marks the stage finished.
     stats["plots"] = [str(p.relative_to(run_dir)) for p in write_filter_plots(run_dir, run_dir / "scores", stats)]
-    write_json(stats_path, stats)
+    write_json(run_dir / "subset_stats.json", stats)
     return stats
+
+
+def select_finished(run_dir: Path) -> dict[str, Any] | None:
+    """The select stage's stats if it finished in ``run_dir``: subset.npy, and subset_stats.json as this
+    stage writes it (with "plots"), not as run_filter wrote it before."""
+    path = run_dir / "subset_stats.json"
+    if not (run_dir / "subset.npy").exists() or not path.exists():
+        return None
+    try:
+        stats = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # written atomically, so not ours: select again
+    return stats if "plots" in stats else None
 
 
 def git_revision() -> str | None:
