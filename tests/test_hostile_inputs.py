@@ -311,10 +311,12 @@ def no_results(run: Path) -> None:
     (run / "results.json").unlink()
 
 
+INF_SCORES = np.linspace(0.0, 1.0, 20)
+INF_SCORES[[2, 3]], INF_SCORES[4], INF_SCORES[5] = np.inf, -np.inf, np.nan
+
+
 def inf_scores(tmp: Path) -> list[str]:
-    scores = np.linspace(0.0, 1.0, 20)
-    scores[[2, 3]], scores[4], scores[5] = np.inf, -np.inf, np.nan
-    return filter_cmd(tmp, one_file_pool(tmp, uid=hexes(20), clip_b32_similarity_score=scores))
+    return filter_cmd(tmp, one_file_pool(tmp, uid=hexes(20), clip_b32_similarity_score=INF_SCORES))
 
 
 def inf_dropped_and_counted(tmp: Path, out: str) -> None:
@@ -323,7 +325,27 @@ def inf_dropped_and_counted(tmp: Path, out: str) -> None:
     not_finite = sum(n for reason, n in dropped.items() if "nan" in reason or "finite" in reason)
     assert not_finite == 4, dropped  # +inf twice, -inf and NaN: none ranked, each counted
     kept = {f"{int(hi):016x}{int(lo):016x}" for hi, lo in np.load(tmp / "out" / "subset.npy")}
-    assert kept.isdisjoint(hexes(20)[2:6]) and len(kept) == 8, sorted(kept)  # top half of the 16 finite scores
+    # The top half of the 16 finite scores by DataComp's rule: keep score >= sorted_desc[int(16 * 0.5)] (9 rows).
+    finite = np.isfinite(INF_SCORES)
+    threshold = -np.sort(-INF_SCORES[finite])[int(finite.sum() * 0.5)]
+    assert kept == {uid for uid, s, f in zip(hexes(20), INF_SCORES, finite, strict=True) if f and s >= threshold}
+    assert kept.isdisjoint(hexes(20)[2:6]) and len(kept) == 9, sorted(kept)
+
+
+def basic_sizes(width: list, height: list) -> Callable[[Path], list[str]]:
+    def build(tmp: Path) -> list[str]:
+        pool = one_file_pool(tmp, uid=hexes(len(width)), text=["a photo of a red circle"] * len(width),
+                             original_width=width, original_height=height)  # fmt: skip
+        return filter_cmd(tmp, pool, base=["filter=basic"])
+
+    return build
+
+
+def sizes_dropped_and_counted(tmp: Path, out: str) -> None:
+    stats = json.loads((tmp / "out" / "subset_stats.json").read_text())
+    assert stats["steps"][0]["dropped"] == {"nan_size": 2, "infinite_size": 1}, stats["steps"][0]
+    kept = {f"{int(hi):016x}{int(lo):016x}" for hi, lo in np.load(tmp / "out" / "subset.npy")}
+    assert kept == {hexes(4)[0]}
 
 
 # ----------------------------------------------------------------------------------------------- the table
@@ -338,6 +360,12 @@ CASES = [
          ("clip_b32_similarity_score", "string")),
     Case("score-inf", "metadata", inf_scores, None, code=0, check=inf_dropped_and_counted),
     Case("score-all-nan", "metadata", score_column(np.full(4, np.nan)), "every value of 'clip_b32_similarity_score' is nan"),
+    Case("score-booleans", "metadata", score_column([True, False, True, True]),
+         ("clip_b32_similarity_score", "boolean")),
+    Case("size-strings", "metadata", basic_sizes(["400", "300", "100", "400"], [400] * 4),
+         ("00000000.parquet", "'original_width'", "string")),
+    Case("size-nan-inf", "metadata", basic_sizes([400.0, np.nan, np.inf, 400.0], [400, 400, 400, None]), None,
+         code=0, check=sizes_dropped_and_counted),
     Case("parquet-empty-first", "metadata", damaged_listing("first", b""), "00000000.parquet"),
     Case("parquet-empty-middle", "metadata", damaged_listing("middle", b""), "00000001.parquet"),
     Case("parquet-empty-last", "metadata", damaged_listing("last", b""), "00000002.parquet"),
@@ -406,6 +434,15 @@ CASES = [
     Case("executor-typo", "configs", filter_with("executor=rayy"), "did you mean 'ray'"),
     Case("filter-name-typo", "configs", filter_with("filter.name=radnom", base=[]), "did you mean 'random'"),
     Case("filter-param-typo", "configs", filter_with("filter.fractoin=0.3"), ("fractoin", "did you mean 'fraction'")),
+    Case("filter-param-typo-plus", "configs", filter_with("+filter.fractoin=0.3"),
+         ("fractoin", "did you mean 'fraction'")),
+    Case("step-param-typo", "configs", filter_with("filter=dedup", "filter.steps.1.radus=3", base=[]),
+         ("perceptual_dedup", "'radus'", "did you mean 'radius'")),
+    Case("setting-typo", "configs", filter_with("seeed=1"), "no setting 'seeed'; did you mean 'seed'"),
+    Case("scale-key-typo", "configs", filter_with("scale.lrr=1"), "has no key 'lrr'; did you mean 'lr'"),
+    Case("override-unreadable", "configs", filter_with("filter.=3"), "cannot read the override 'filter.=3'"),
+    Case("threshold-and-fraction", "configs", filter_with("filter.threshold=0.25"),
+         "give exactly one of threshold= or fraction="),
     Case("fraction-not-a-number", "configs", filter_with("filter.fraction=abc"), "fraction='abc' has type str"),
     Case("fraction-bool", "configs", filter_with("filter.fraction=true"), "fraction=true has type bool"),
     Case("fraction-zero", "configs", filter_with("filter.fraction=0"), "fraction=0.0 must be in (0, 1]"),
@@ -416,6 +453,12 @@ CASES = [
     Case("run-eval-sets-missing", "configs", run_cmd(), "eval task folder(s) missing under"),
     Case("plugin-missing", "configs", filter_with("plugins=[missing.py]"), "plugin missing.py: no such file"),
     Case("plugin-syntax-error", "configs", plugin("def broken(:\n"), ("bad_plugin.py", "syntax")),
+    Case("plugin-indentation-error", "configs", plugin("def f():\nreturn 1\n"),
+         ("bad_plugin.py, line 2", "indentation error")),
+    Case("plugin-raises", "configs", plugin("import os\nraise RuntimeError('boom')\n"),
+         ("bad_plugin.py, line 2", "RuntimeError: boom")),
+    Case("plugin-missing-dependency", "configs", plugin("import no_such_dependency_here\n"),
+         ("bad_plugin.py, line 1", "install 'no_such_dependency_here'")),
     Case("plugin-not-a-module", "configs", filter_with("plugins=[no_such_module_here]"),
          "no module named 'no_such_module_here'"),
     # command-line arguments
