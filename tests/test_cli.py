@@ -136,3 +136,29 @@ def test_a_bad_seed_is_one_clear_error(capsys):
 def test_leaderboard_show_of_an_unknown_scale_suggests(capsys, tmp_path):
     code, _, err = run_cli(capsys, "leaderboard", "show", "--scale", "tinyy", "--store", str(tmp_path / "b.sqlite"))
     assert code == 2 and "unknown scale 'tinyy'. Did you mean 'tiny'?" in err
+
+
+def test_a_plugin_filter_is_chosen_like_a_built_in_one(capsys, tmp_path):
+    """The README's form: plugins=[file.py] filter=<its name> filter.<field>=..., no filter.name= or +."""
+    from siftbench.benchmark.perf.bench import make_metadata_pool
+
+    plugin = tmp_path / "readme_plugin.py"
+    plugin.write_text(
+        "from dataclasses import dataclass\n"
+        "from siftbench.benchmark.core.filtering import Decision, Filter, register_filter\n"
+        "@register_filter('readme_long_captions')\n"
+        "@dataclass\n"
+        "class LongCaptions(Filter):\n"
+        "    min_words: int = 2\n"
+        "    def columns(self):\n"
+        "        return ('text',)\n"
+        "    def score(self, batch):\n"
+        "        return batch.table.assign(words=batch.table.text.str.split().str.len())[['words']]\n"
+        "    def select(self, values, uids, ctx):\n"
+        "        return Decision.from_mask(values.words.to_numpy() >= self.min_words, 'short_caption')\n"
+    )
+    pool = make_metadata_pool(tmp_path / "pool", 20, files=1)
+    code, out, err = run_cli(capsys, "filter", str(pool), "--out", str(tmp_path / "o"), f"plugins=[{plugin}]",
+                             "filter=readme_long_captions", "filter.min_words=5")
+    assert code == 0, err
+    assert '"kept": 0' in out  # "a photo of something" has 4 words, fewer than 5

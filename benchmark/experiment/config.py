@@ -50,6 +50,9 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
     one, the nearest name and what there is.
     """
     parsed = parse_overrides(overrides)
+    for override in parsed:  # a plugin's filters exist only once imported: before `filter=<its name>` is looked up
+        if override.key_or_group == "plugins" and isinstance(override.value(), list):
+            import_plugins(override.value())
     register_filter_defaults(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
