@@ -18,6 +18,14 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), 
 SHAPES = ("square", "circle", "triangle")
 
 
+# A world smaller than toy (300 pairs, every defect planted), for tests that generate one or several.
+MINI_WORLD = {
+    "pool_size": 300,
+    "reference_size": 40,
+    "samples_per_shard": 100,
+    "eval": {"per_class": 1, "tail_per_class": 1, "retrieval_images": 20},
+}
+
 def make_tiny_pool(root: str | Path, n_shards: int = 2, per_shard: int = 16, seed: int = 0) -> list[str]:
     """Write ``root/metadata/{i:08d}.parquet`` and ``root/shards/{i:08d}.tar``; return the uids in pool order.
 

@@ -79,17 +79,15 @@ def test_reshard_refuses_bad_subsets(capsys, tmp_path):
     assert code == 2 and "dtype int64" in err
 
 
-def test_plugin_filter_from_a_file(capsys, tmp_path):
-    from siftbench.benchmark.perf.bench import make_metadata_pool
-
-    plugin = tmp_path / "my_filters.py"
-    plugin.write_text(
+def write_long_captions_plugin(path, name: str, min_words: int):
+    """A plugin file: one filter that keeps captions of at least ``min_words`` words."""
+    path.write_text(
         "from dataclasses import dataclass\n"
         "from siftbench.benchmark.core.filtering import Decision, Filter, register_filter\n"
-        "@register_filter('long_captions_test')\n"
+        f"@register_filter({name!r})\n"
         "@dataclass\n"
         "class LongCaptions(Filter):\n"
-        "    min_words: int = 4\n"
+        f"    min_words: int = {min_words}\n"
         "    def columns(self):\n"
         "        return ('text',)\n"
         "    def score(self, batch):\n"
@@ -97,6 +95,13 @@ def test_plugin_filter_from_a_file(capsys, tmp_path):
         "    def select(self, values, uids, ctx):\n"
         "        return Decision.from_mask(values.words.to_numpy() >= self.min_words, 'short_caption')\n"
     )
+    return path
+
+
+def test_plugin_filter_from_a_file(capsys, tmp_path):
+    from siftbench.benchmark.perf.bench import make_metadata_pool
+
+    plugin = write_long_captions_plugin(tmp_path / "my_filters.py", "long_captions_test", min_words=4)
     pool = make_metadata_pool(tmp_path / "pool", 20, files=1)
     code, out, err = run_cli(capsys, "filter", str(pool), "--out", str(tmp_path / "o"), f"plugins=[{plugin}]",
                              "filter.name=long_captions_test", "+filter.min_words=4")
@@ -142,21 +147,7 @@ def test_a_plugin_filter_is_chosen_like_a_built_in_one(capsys, tmp_path):
     """The README's form: plugins=[file.py] filter=<its name> filter.<field>=..., no filter.name= or +."""
     from siftbench.benchmark.perf.bench import make_metadata_pool
 
-    plugin = tmp_path / "readme_plugin.py"
-    plugin.write_text(
-        "from dataclasses import dataclass\n"
-        "from siftbench.benchmark.core.filtering import Decision, Filter, register_filter\n"
-        "@register_filter('readme_long_captions')\n"
-        "@dataclass\n"
-        "class LongCaptions(Filter):\n"
-        "    min_words: int = 2\n"
-        "    def columns(self):\n"
-        "        return ('text',)\n"
-        "    def score(self, batch):\n"
-        "        return batch.table.assign(words=batch.table.text.str.split().str.len())[['words']]\n"
-        "    def select(self, values, uids, ctx):\n"
-        "        return Decision.from_mask(values.words.to_numpy() >= self.min_words, 'short_caption')\n"
-    )
+    plugin = write_long_captions_plugin(tmp_path / "readme_plugin.py", "readme_long_captions", min_words=2)
     pool = make_metadata_pool(tmp_path / "pool", 20, files=1)
     code, out, err = run_cli(capsys, "filter", str(pool), "--out", str(tmp_path / "o"), f"plugins=[{plugin}]",
                              "filter=readme_long_captions", "filter.min_words=5")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from pool_factory import MINI_WORLD
 
 import siftbench.filters
 from siftbench.benchmark.core.filtering import FILTERS, Decision, Filter, SelectContext
@@ -27,12 +28,6 @@ from siftbench.benchmark.world import World, WorldSource, generate_world
 
 # Every filter registered from filters/ (a plugin, or a filter a test registers, brings its own tests).
 BUILTIN = [n for n in FILTERS.imported() if FILTERS.get(n).__module__.startswith("siftbench.filters.")]
-MINI = {
-    "pool_size": 300,
-    "reference_size": 40,
-    "samples_per_shard": 100,
-    "eval": {"per_class": 1, "tail_per_class": 1, "retrieval_images": 20},
-}
 EMBEDDING_DIM = 16
 
 # What a filter's defaults leave for the user to give.
@@ -87,7 +82,7 @@ def fake_scorer(world: World) -> None:
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory) -> tuple[World, MiniSource]:
     base = tmp_path_factory.mktemp("every-filter")
-    world = generate_world(MINI, base / "world", workers=1, progress=False)
+    world = generate_world(MINI_WORLD, base / "world", workers=1, progress=False)
     fake_scorer(world)
     compute_image_features(world.pool_dir)
     targets = Pool.open(world.pool_dir).read_shard(Pool.open(world.pool_dir).shard_names[0], (), ("scorer_img",))

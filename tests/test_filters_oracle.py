@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pool_factory import MINI_WORLD
 
 from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.filtering import Decision, SelectContext
@@ -16,18 +17,10 @@ from siftbench.benchmark.core.uids import hex_to_uids, isin_uids, read_subset, s
 from siftbench.benchmark.stages.select import plan_from_config, run_filter
 from siftbench.benchmark.world import DEFECTS, World, WorldSource, generate_world
 
-# A world smaller than toy: 300 pairs, every defect planted.
-MINI = {
-    "pool_size": 300,
-    "reference_size": 40,
-    "samples_per_shard": 100,
-    "eval": {"per_class": 1, "tail_per_class": 1, "retrieval_images": 20},
-}
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
-    return generate_world(MINI, tmp_path_factory.mktemp("world") / "mini", workers=1, progress=False)
+    return generate_world(MINI_WORLD, tmp_path_factory.mktemp("world") / "mini", workers=1, progress=False)
 
 
 def oracle(world: World, seed: int = 0, **params) -> tuple[np.ndarray, Decision]:

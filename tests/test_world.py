@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from pool_factory import MINI_WORLD
 
 from siftbench.benchmark.core.errors import ConfigError
 from siftbench.benchmark.core.pool import Pool, iter_tar_samples
@@ -27,14 +28,6 @@ from siftbench.benchmark.core.uids import (
 from siftbench.benchmark.world import DEFECTS, World, ensure_world, generate, generate_world, resolve_config
 from siftbench.benchmark.world.render import render_real_digit, sklearn_digits
 from siftbench.benchmark.world.sampling import tail_shapes
-
-# A world smaller than toy, for the tests that must generate several.
-MINI = {
-    "pool_size": 300,
-    "reference_size": 40,
-    "samples_per_shard": 100,
-    "eval": {"per_class": 1, "tail_per_class": 1, "retrieval_images": 20},
-}
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +64,8 @@ def test_same_config_gives_identical_files_whatever_the_worker_count(toy: World,
 
 
 def test_another_seed_gives_another_world(tmp_path: Path):
-    a = generate_world({**MINI, "seed": 0}, tmp_path / "a", workers=1, progress=False)
-    b = generate_world({**MINI, "seed": 1}, tmp_path / "b", workers=1, progress=False)
+    a = generate_world({**MINI_WORLD, "seed": 0}, tmp_path / "a", workers=1, progress=False)
+    b = generate_world({**MINI_WORLD, "seed": 1}, tmp_path / "b", workers=1, progress=False)
     assert a.content_hash != b.content_hash
     assert not set(a.ground_truth()["uid"]) & set(b.ground_truth()["uid"])
 
@@ -336,20 +329,20 @@ def test_digits_real_are_scikit_learns_handwritten_digits(toy: World):
 
 
 def test_ensure_world_generates_once_into_the_cache(tmp_path: Path):
-    first = ensure_world(MINI, cache_dir=tmp_path, progress=False)
+    first = ensure_world(MINI_WORLD, cache_dir=tmp_path, progress=False)
     assert first.root.parent == tmp_path / "worlds" and first.root.name.startswith(f"{first.version}-")
     stamp = (first.root / "world.json").stat().st_mtime_ns
-    second = ensure_world(MINI, cache_dir=tmp_path, progress=False)
+    second = ensure_world(MINI_WORLD, cache_dir=tmp_path, progress=False)
     assert second.root == first.root and (second.root / "world.json").stat().st_mtime_ns == stamp
     assert [p.name for p in (tmp_path / "worlds").iterdir()] == [first.root.name]  # no temp folders left
     with pytest.raises(FileExistsError):
-        generate_world(MINI, first.root, progress=False)
+        generate_world(MINI_WORLD, first.root, progress=False)
 
 
 def test_two_processes_racing_to_create_a_world_share_the_first(tmp_path: Path, monkeypatch):
     # The loser of the race finishes writing after the winner renamed its copy into place: it must open
     # the winner's world, not fail on the folder that appeared (two runs started at once on a fresh cache).
-    winner = ensure_world(MINI, cache_dir=tmp_path / "winner", progress=False)
+    winner = ensure_world(MINI_WORLD, cache_dir=tmp_path / "winner", progress=False)
     root = tmp_path / "worlds" / winner.root.name
     write = generate._write_world
 
@@ -358,7 +351,7 @@ def test_two_processes_racing_to_create_a_world_share_the_first(tmp_path: Path, 
         shutil.copytree(winner.root, root)
 
     monkeypatch.setattr(generate, "_write_world", write_then_lose_the_race)
-    loser = ensure_world(MINI, cache_dir=tmp_path, progress=False)
+    loser = ensure_world(MINI_WORLD, cache_dir=tmp_path, progress=False)
     assert loser.root == root and (root / "world.json").is_file()
     assert [p.name for p in (tmp_path / "worlds").iterdir()] == [root.name]  # the loser's copy is gone
 
